@@ -1,0 +1,1 @@
+"""tuner: hyperparameter search for deep-learning optimizers."""
