@@ -1,0 +1,71 @@
+"""`best_config()`: the winning configuration of a study, for use from any other project.
+
+cfg = tuner.best_config("mnist-cnn")
+optimizer = cfg.build_optimizer(model.parameters())
+scheduler = cfg.build_scheduler(optimizer, steps_per_epoch=len(loader), epochs=5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuner.config import TrainingConfig
+from tuner.errors import EmptyStudyError
+from tuner.results import best_trials_by_optimizer, load_study
+from tuner.storage import open_storage, resolve_storage_url
+
+
+@dataclass(frozen=True, kw_only=True)
+class BestConfig(TrainingConfig):
+    """A `TrainingConfig` with where it came from and the value it reached.
+
+    Attributes:
+        study: the study's name.
+        trial_number: the winning trial.
+        value: its final validation metric.
+        metric: the metric's name (``val_accuracy``, ``loss``, ...).
+        direction: ``minimize`` or ``maximize``.
+    """
+
+    study: str
+    trial_number: int
+    value: float
+    metric: str
+    direction: str
+
+
+def best_config(
+    study: str, *, optimizer: str | None = None, storage: str | None = None
+) -> BestConfig:
+    """The best completed trial's configuration.
+
+    Args:
+        study: the study's name (the ``name`` of its study file).
+        optimizer: only consider trials of this optimizer type (``adamw``).
+        storage: a storage URL; else ``TUNER_STORAGE``, else the default SQLite file.
+
+    Raises:
+        StudyNotFoundError: no such study; the message lists the studies there are.
+        EmptyStudyError: no completed trial (of that optimizer type) yet.
+    """
+    url = resolve_storage_url(storage)
+    loaded = load_study(study, open_storage(url), url)
+    best = best_trials_by_optimizer(loaded)
+    if optimizer is not None:
+        best = {optimizer: best[optimizer]} if optimizer in best else {}
+    if not best:
+        which = ""
+        if optimizer:
+            others = ", ".join(best_trials_by_optimizer(loaded)) or "none"
+            which = f" of optimizer {optimizer!r} (types that have one: {others})"
+        raise EmptyStudyError(f"study {study!r} has no completed trial{which} yet")
+    trial = next(iter(best.values()))
+    config = TrainingConfig.from_dict(trial.user_attrs["config"])
+    return BestConfig(
+        **{name: getattr(config, name) for name in TrainingConfig.__dataclass_fields__},
+        study=study,
+        trial_number=trial.number,
+        value=float(trial.value),
+        metric=loaded.user_attrs.get("metric", "value"),
+        direction=loaded.direction.name.lower(),
+    )

@@ -1,0 +1,164 @@
+"""The ``tuner`` command: run studies, print the best configuration, fetch data sets.
+
+Every `TunerError` (bad study file, unreachable storage, unknown study) ends as one line on
+stderr and exit status 2; heavy libraries are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from tuner.errors import TunerError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tuner.display import StudyProgress, print_summary
+    from tuner.runner import run, with_overrides
+    from tuner.spec import load_spec
+
+    overrides = list(args.set or [])
+    if args.trials is not None:
+        overrides.append(f"budget.trials={args.trials}")
+    if args.timeout is not None:
+        overrides.append(f"budget.timeout_seconds={args.timeout}")
+    spec = with_overrides(
+        load_spec(args.spec, overrides),
+        workers=args.workers,
+        ray_address=args.ray_address,
+        storage=args.storage,
+    )
+    console = Console()
+    with StudyProgress(console) as progress:
+        study = run(spec, on_start=progress.start, on_tick=progress.tick)
+    from tuner.storage import resolve_storage_url
+
+    print_summary(console, study, resolve_storage_url(None, spec.execution.storage))
+    return 0
+
+
+def _best(args: argparse.Namespace) -> int:
+    from tuner.api import best_config
+
+    config = best_config(args.study, optimizer=args.optimizer, storage=args.storage)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(config), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"Best of study {config.study} (trial {config.trial_number})", show_header=False
+    )
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in [
+        (config.metric, f"{config.value:.6g} ({config.direction})"),
+        ("optimizer", f"{config.optimizer}  [{config.target}]"),
+        ("learning_rate", f"{config.learning_rate:.6g}"),
+        ("momentum", "—" if config.momentum is None else f"{config.momentum:.6g}"),
+        ("weight_decay", f"{config.weight_decay:.6g}"),
+        *[(key, str(value)) for key, value in config.hyperparameters.items()],
+        (
+            "schedule",
+            config.schedule
+            + (f" (warmup {config.warmup_fraction:.1%})" if config.warmup_fraction else ""),
+        ),
+        ("max_grad_norm", "off" if config.max_grad_norm is None else f"{config.max_grad_norm:.4g}"),
+        ("batch_size", "—" if config.batch_size is None else str(config.batch_size)),
+        (
+            "lookahead",
+            "off"
+            if config.lookahead is None
+            else f"k={config.lookahead[0]}, alpha={config.lookahead[1]:.3g}",
+        ),
+    ]:
+        table.add_row(key, value)
+    Console().print(table)
+    return 0
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuner.datasets import fetch_dataset
+
+    name = args.dataset.replace("-", "_")
+    paths = fetch_dataset(name, Path(args.dir) if args.dir else None, progress=print)
+    print(
+        f"{args.dataset}: {len(paths)} files ready"
+        if paths
+        else f"{args.dataset} ships with its package"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (a function, so the README's reference can be checked against it)."""
+    parser = argparse.ArgumentParser(
+        prog="tuner", description="Hyperparameter search for deep-learning optimizers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    storage_help = (
+        "study database URL (default: $TUNER_STORAGE, else ~/.local/share/tuner/studies.db)"
+    )
+
+    run = commands.add_parser("run", help="run a study file to the end of its budget")
+    run.add_argument("spec", help="a study file, e.g. studies/quickstart.toml")
+    run.add_argument("--storage", help=storage_help)
+    run.add_argument("--workers", type=int, help="worker count (default: the file's [execution])")
+    run.add_argument(
+        "--ray-address", help="an existing Ray cluster, HOST:6379 (default: a local one)"
+    )
+    run.add_argument("--trials", type=int, help="trial budget (overrides [budget] trials)")
+    run.add_argument("--timeout", type=float, help="wall-time budget in seconds")
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a study-file key, e.g. --set budget.epochs=3 (repeatable)",
+    )
+    run.set_defaults(handler=_run)
+
+    best = commands.add_parser("best", help="print a study's best configuration")
+    best.add_argument("study", help="the study's name")
+    best.add_argument("--optimizer", help="only trials of this optimizer type, e.g. adamw")
+    best.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    best.add_argument("--storage", help=storage_help)
+    best.set_defaults(handler=_best)
+
+    data = commands.add_parser("data", help="data sets for the CNN workloads")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("fetch", help="download MNIST or Fashion-MNIST IDX files")
+    fetch.add_argument("dataset", choices=["mnist", "fashion-mnist"])
+    fetch.add_argument(
+        "--dir", help="data folder (default: $TUNER_DATA_DIR, else ~/.cache/tuner/data)"
+    )
+    fetch.set_defaults(handler=_data_fetch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tuner`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return args.handler(args)
+    except TunerError as error:
+        print(f"tuner: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tuner: interrupted; running trials were recorded as FAIL", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""`TrainingConfig`: everything one trial trains with, and the code that builds it.
+
+It is what the search space samples, what each trial records (user attribute ``config``), and
+what `best_config()` hands back to other projects, so a winning configuration is rebuilt by
+the same code that trained it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+    from torch.optim import lr_scheduler
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    """An optimizer with its hyperparameters, LR schedule, clipping and batch size.
+
+    Attributes:
+        optimizer: registry name (``adamw``) or the name given in the study file.
+        target: the library class, ``module:Class``.
+        learning_rate: peak learning rate.
+        momentum: SGD/RMSprop momentum where the optimizer has one, else None.
+        weight_decay: 0.0 when off.
+        hyperparameters: the optimizer's other knobs in natural units (beta1, beta2, eps, ...).
+        schedule: one of tuner.schedules.SCHEDULES.
+        warmup_fraction: share of steps spent warming up (warmup_cosine).
+        max_grad_norm: gradient-norm clipping threshold, or None for no clipping.
+        batch_size: mini-batch size, or None where the workload has no data.
+        lookahead: (k, alpha) of a Lookahead wrapper, or None.
+        schedule_free: the optimizer needs ``train()``/``eval()`` calls (Schedule-Free AdamW).
+    """
+
+    optimizer: str
+    target: str
+    learning_rate: float
+    momentum: float | None = None
+    weight_decay: float = 0.0
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    schedule: str = "constant"
+    warmup_fraction: float = 0.0
+    max_grad_norm: float | None = None
+    batch_size: int | None = None
+    lookahead: tuple[int, float] | None = None
+    schedule_free: bool = False
+
+    def build_optimizer(
+        self, params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
+    ) -> torch.optim.Optimizer:
+        """A ready torch optimizer over `params` with this configuration."""
+        from tuner.optimizers import build_optimizer
+
+        knobs = dict(self.hyperparameters)
+        if self.momentum is not None:
+            knobs["momentum"] = self.momentum
+        return build_optimizer(
+            self.target, params, self.learning_rate, self.weight_decay, knobs, self.lookahead
+        )
+
+    def build_scheduler(
+        self,
+        optimizer: torch.optim.Optimizer,
+        steps_per_epoch: int,
+        epochs: int,
+        direction: Literal["minimize", "maximize"] = "minimize",
+    ) -> lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau:
+        """The LR schedule; call ``step()`` after every optimizer step, except for ``plateau``
+        (ReduceLROnPlateau), which takes ``step(metric)`` once per epoch."""
+        from tuner.schedules import build_scheduler
+
+        return build_scheduler(
+            optimizer, self.schedule, steps_per_epoch, epochs, self.warmup_fraction, direction
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (what a trial records)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        """Rebuild from `to_dict` output; unknown keys are ignored so old records still load."""
+        names = {f.name for f in fields(TrainingConfig)}
+        values = {key: value for key, value in data.items() if key in names}
+        if values.get("lookahead") is not None:
+            values["lookahead"] = tuple(values["lookahead"])
+        return cls(**values)

@@ -1,0 +1,159 @@
+"""What the terminal shows: live study progress and the tables of results (rich)."""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tuner.results import best_trials_by_optimizer, trial_config, trial_optimizer
+from tuner.study import count_states
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def format_value(value: float | None) -> str:
+    """A metric value, short."""
+    return "—" if value is None else f"{value:.5g}"
+
+
+class StudyProgress:
+    """A progress bar fed by polling the study in storage (workers may be anywhere)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("pruned {task.fields[pruned]} · failed {task.fields[failed]}"),
+            TextColumn("· best [bold green]{task.fields[best]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.study: optuna.Study | None = None
+        self.task = None
+        self.started = time.monotonic()
+
+    def __enter__(self) -> StudyProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.study is not None:
+            self.tick()
+        self.progress.__exit__(*exc)
+
+    def start(self, study: optuna.Study, storage_url: str) -> None:
+        """Begin showing `study` (called once it exists in storage)."""
+        from tuner.storage import mask_url
+
+        self.console.print(f"Study [bold]{study.study_name}[/] in {mask_url(storage_url)}")
+        self.study = study
+        self.task = self.progress.add_task(
+            study.study_name, total=None, pruned=0, failed=0, best="—"
+        )
+        self.tick()
+
+    def tick(self) -> None:
+        """Refresh the bar from storage."""
+        trials = self.study.get_trials(deepcopy=False)
+        counts = count_states(trials)
+        best = None
+        if counts[TrialState.COMPLETE]:
+            best = self.study.best_value
+        self.progress.update(
+            self.task,
+            total=len(trials),
+            completed=sum(counts[state] for state in FINISHED),
+            pruned=counts[TrialState.PRUNED],
+            failed=counts[TrialState.FAIL],
+            best=format_value(best),
+        )
+
+
+def _knobs(config) -> str:
+    if config is None:
+        return ""
+    parts = [f"lr={config.learning_rate:.3g}"]
+    if config.momentum is not None:
+        parts.append(f"momentum={config.momentum:.3g}")
+    parts += [
+        f"{key}={value:.3g}"
+        for key, value in config.hyperparameters.items()
+        if isinstance(value, float)
+    ]
+    if config.weight_decay:
+        parts.append(f"wd={config.weight_decay:.2g}")
+    parts.append(config.schedule)
+    if config.max_grad_norm:
+        parts.append(f"clip={config.max_grad_norm:.2g}")
+    if config.batch_size:
+        parts.append(f"batch={config.batch_size}")
+    if config.lookahead:
+        parts.append(f"lookahead(k={config.lookahead[0]}, α={config.lookahead[1]:.2g})")
+    return ", ".join(parts)
+
+
+def print_summary(console: Console, study: optuna.Study, storage_url: str) -> None:
+    """The best trial, the best trial of each optimizer type, and where the study lives."""
+    from tuner.storage import mask_url
+
+    metric = study.user_attrs.get("metric", "value")
+    trials = study.get_trials(deepcopy=False)
+    counts = count_states(trials)
+    console.print(
+        f"\n[bold]{study.study_name}[/]: {len(trials)} trials — "
+        f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+        f"{counts[TrialState.FAIL]} failed, {counts[TrialState.WAITING]} waiting"
+    )
+    per_optimizer = best_trials_by_optimizer(study)
+    if not per_optimizer:
+        console.print("[yellow]No trial completed.[/] Reasons recorded on failed trials:")
+        for trial in trials:
+            if "fail_reason" in trial.user_attrs:
+                console.print(f"  trial {trial.number}: {trial.user_attrs['fail_reason']}")
+        return
+    best = next(iter(per_optimizer.values()))
+    console.print(
+        f"Best: trial {best.number}, {metric} = [bold green]{format_value(best.value)}[/] with "
+        f"[bold]{trial_optimizer(best)}[/] ({_knobs(trial_config(best))})"
+    )
+    by_type: dict[str, dict[TrialState, int]] = {}
+    for trial in trials:
+        name = trial_optimizer(trial)
+        if name is not None:
+            by_type.setdefault(name, dict.fromkeys(TrialState, 0))[trial.state] += 1
+    table = Table(title=f"Best trial per optimizer ({study.direction.name.lower()} {metric})")
+    for column in (
+        "optimizer",
+        f"best {metric}",
+        "trial",
+        "complete",
+        "pruned",
+        "failed",
+        "configuration",
+    ):
+        table.add_column(column, overflow="fold")
+    for name in [*per_optimizer, *sorted(set(by_type) - set(per_optimizer))]:
+        trial = per_optimizer.get(name)
+        counts_of = by_type.get(name, {})
+        table.add_row(
+            name,
+            format_value(trial.value if trial else None),
+            str(trial.number) if trial else "—",
+            str(counts_of.get(TrialState.COMPLETE, 0)),
+            str(counts_of.get(TrialState.PRUNED, 0)),
+            str(counts_of.get(TrialState.FAIL, 0)),
+            _knobs(trial_config(trial)) if trial else "",
+        )
+    console.print(table)
+    console.print(
+        f"Study [bold]{study.study_name}[/] lives in {mask_url(storage_url)}\n"
+        f"  best configuration: tuner best {study.study_name}   "
+        f"dashboard: optuna-dashboard {mask_url(storage_url)}"
+    )

@@ -1,0 +1,50 @@
+"""Reading results back from storage: best trials overall and per optimizer type.
+
+Shared by `best_config()`, the run summary and reports, so they agree on what "best" means:
+the best COMPLETE trial in the study's direction (pruned trials never win on a partial value).
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner.config import TrainingConfig
+from tuner.errors import StudyNotFoundError
+from tuner.storage import mask_url
+
+
+def load_study(name: str, storage: optuna.storages.BaseStorage, url: str) -> optuna.Study:
+    """Load a study by name; a missing one raises StudyNotFoundError listing those there are."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(optuna.get_all_study_names(storage))
+        there = ", ".join(names) if names else "none yet (run `tuner run studies/quickstart.toml`)"
+        raise StudyNotFoundError(
+            f"no study named {name!r} in {mask_url(url)}; studies there: {there}"
+        ) from None
+
+
+def trial_config(trial: FrozenTrial) -> TrainingConfig | None:
+    """The configuration a trial trained with, or None for a trial that never sampled one."""
+    data = trial.user_attrs.get("config")
+    return TrainingConfig.from_dict(data) if data else None
+
+
+def trial_optimizer(trial: FrozenTrial) -> str | None:
+    """The optimizer type of a trial."""
+    return trial.params.get("optimizer") or (trial.user_attrs.get("config") or {}).get("optimizer")
+
+
+def best_trials_by_optimizer(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """The best COMPLETE trial of each optimizer type, best first."""
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    best: dict[str, FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        name = trial_optimizer(trial)
+        if name is None:
+            continue
+        if name not in best or sign * trial.value < sign * best[name].value:
+            best[name] = trial
+    return dict(sorted(best.items(), key=lambda item: sign * item[1].value))

@@ -1,0 +1,92 @@
+"""`run()`: create or resume a study, run its workers to the end of the budget, return it.
+
+The driver side of a study: it validates storage, lays down the budget, launches the workers
+on Ray and, if interrupted, makes sure no trial of its workers is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner import study as studies
+from tuner.errors import StorageError
+from tuner.spec import StudySpec
+from tuner.storage import open_storage, resolve_storage_url
+
+
+def with_overrides(
+    spec: StudySpec,
+    *,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    storage: str | None = None,
+) -> StudySpec:
+    """The spec with command-line execution settings applied (the CLI beats the file)."""
+    updates = {
+        key: value
+        for key, value in {
+            "workers": workers,
+            "ray_address": ray_address,
+            "storage": storage,
+        }.items()
+        if value is not None
+    }
+    if not updates:
+        return spec
+    return spec.model_copy(update={"execution": spec.execution.model_copy(update=updates)})
+
+
+def _fail_orphans(study: optuna.Study, run_id: str) -> None:
+    """Fail the RUNNING trials of this run's workers (after Ctrl-C), recording why."""
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if str(trial.user_attrs.get("worker", "")).startswith(run_id):
+            try:
+                storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted by Ctrl-C")
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # its worker finished it first
+
+
+def run(
+    spec: StudySpec,
+    *,
+    on_start: Callable[[optuna.Study, str], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
+) -> optuna.Study:
+    """Run a study to the end of its budget and return it.
+
+    Args:
+        spec: the validated study spec (see `load_spec` and `with_overrides`).
+        on_start: called with the study and its storage URL once it exists.
+        on_tick: called about twice a second while the workers run (progress display).
+
+    Raises:
+        StorageError: the storage cannot be reached, or is SQLite for a multi-machine cluster.
+        SpecError: the study exists with another search space.
+    """
+    url = resolve_storage_url(None, spec.execution.storage)
+    if url.startswith("sqlite") and spec.execution.ray_address:
+        raise StorageError(
+            "SQLite serves one machine, and workers on other nodes cannot share it: give a "
+            "PostgreSQL storage (--storage postgresql+psycopg://user@host/db) for a cluster"
+        )
+    study = studies.create_or_resume(spec, open_storage(url))
+    if on_start:
+        on_start(study, url)
+    from tuner.execution.ray import run_on_ray
+
+    timeout = spec.budget.timeout_seconds
+    deadline = time.time() + timeout if timeout else None
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    try:
+        run_on_ray(spec, url, run_id, deadline, on_tick or (lambda: None))
+    except KeyboardInterrupt:
+        _fail_orphans(study, run_id)
+        raise
+    return study

@@ -1,0 +1,354 @@
+"""Study files (`studies/*.toml`) validated into typed, frozen objects.
+
+A spec says what to tune (workload, metric, direction), over what (optimizers and their
+ranges, schedules, clipping, batch sizes), for how long (budget), how (sampler, pruner) and
+where (workers and their resources). Every mistake becomes a `SpecError` naming the file, the
+key and what was expected, before anything touches storage.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuner.errors import SpecError
+from tuner.optimizers import KNOB_SCALES, REGISTRY, Knob, OptimizerSpec, import_target, knob
+from tuner.schedules import SCHEDULES
+
+Direction = Literal["minimize", "maximize"]
+Toggle = Literal["off", "on", "search"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkloadSpec(_Model):
+    """Which workload to train: a registry name or ``package.module:factory``."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchSpec(_Model):
+    """The shared part of the search space; per-optimizer ranges live in ``[optimizers.*]``."""
+
+    optimizers: list[str] = Field(default_factory=lambda: ["sgd", "momentum", "adam", "adamw"])
+    schedules: list[str] = Field(default_factory=lambda: ["constant"])
+    warmup_fraction: float | tuple[float, float] = (0.0, 0.2)
+    weight_decay: Toggle = "search"
+    grad_clipping: Toggle = "off"
+    max_grad_norm: float | tuple[float, float] = (0.1, 10.0)
+    lookahead: Toggle = "off"
+    batch_sizes: list[int] = Field(default_factory=lambda: [128])
+
+    @field_validator("optimizers", "schedules", "batch_sizes")
+    @classmethod
+    def _not_empty(cls, value: list[Any]) -> list[Any]:
+        if not value:
+            raise ValueError("must name at least one choice")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a choice twice")
+        return value
+
+    @field_validator("schedules")
+    @classmethod
+    def _known_schedules(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in SCHEDULES]
+        if unknown:
+            raise ValueError(f"unknown schedule {unknown[0]!r}; known: {', '.join(SCHEDULES)}")
+        return value
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_batches(cls, value: list[int]) -> list[int]:
+        if any(size < 1 for size in value):
+            raise ValueError("batch sizes must be positive integers")
+        return value
+
+    @field_validator("warmup_fraction")
+    @classmethod
+    def _fraction(cls, value: float | tuple[float, float]) -> float | tuple[float, float]:
+        low, high = value if isinstance(value, tuple) else (value, value)
+        if not 0.0 <= low <= high < 1.0:
+            raise ValueError("expected a fraction in [0, 1), or a range [low, high] within it")
+        return value
+
+    @field_validator("max_grad_norm")
+    @classmethod
+    def _norm(cls, value: float | tuple[float, float]) -> float | tuple[float, float]:
+        low, high = value if isinstance(value, tuple) else (value, value)
+        if not 0.0 < low <= high:
+            raise ValueError(
+                "expected a positive norm, or a range [low, high] with 0 < low <= high"
+            )
+        return value
+
+
+class BudgetSpec(_Model):
+    """How many trials, how long, and how many epochs each trial may train."""
+
+    trials: int | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    epochs: int = Field(default=10, gt=0)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> BudgetSpec:
+        if self.trials is None and self.timeout_seconds is None:
+            raise ValueError("set trials, timeout_seconds or both, or the study never ends")
+        return self
+
+
+class SamplerSpec(_Model):
+    """Optuna sampler; TPE (multivariate, constant liar for parallel workers) by default."""
+
+    name: Literal["tpe", "random", "cmaes", "qmc", "gp"] = "tpe"
+    n_startup_trials: int = Field(default=10, ge=0)
+
+
+class PrunerSpec(_Model):
+    """Optuna pruner; Hyperband by default (Li et al. 2018; Optuna's advice with TPE)."""
+
+    name: Literal["hyperband", "median", "successive_halving", "wilcoxon", "none"] = "hyperband"
+    min_resource: int = Field(default=1, gt=0)
+    reduction_factor: int = Field(default=3, gt=1)
+    n_startup_trials: int = Field(default=5, ge=0)
+    n_warmup_steps: int = Field(default=1, ge=0)
+
+
+class ExecutionSpec(_Model):
+    """Where trials run: worker count, resources per trial, cluster and storage addresses."""
+
+    workers: int = Field(default=1, gt=0)
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float | Literal["auto"] = "auto"
+    ray_address: str | None = None
+    storage: str | None = None
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _gpus(cls, value: float | str) -> float | str:
+        if isinstance(value, float) and value < 0:
+            raise ValueError("expected a non-negative number of GPUs, or 'auto'")
+        return value
+
+
+class OptimizerChoice(_Model):
+    """One optimizer as searched by this study: registry defaults merged with the file's ranges."""
+
+    name: str
+    target: str
+    learning_rate: Knob
+    knobs: dict[str, Knob]
+    fixed: dict[str, Any]
+    weight_decay: Knob
+    schedule_free: bool = False
+
+
+class StudySpec(_Model):
+    """A whole study file, validated. Build with `load_spec` or `parse_spec`."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = ""
+    metric: str | None = None
+    direction: Direction | None = None
+    seed: int = 0
+    workload: WorkloadSpec
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    optimizers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    budget: BudgetSpec
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> StudySpec:
+        """Check the workload and metric, and every optimizer table against its library class."""
+        from tuner.workloads import resolve_metric
+
+        metric, direction = resolve_metric(self.workload, self.metric, self.direction)
+        object.__setattr__(self, "metric", metric)
+        object.__setattr__(self, "direction", direction)
+        for name in self.optimizers:
+            if name not in self.search.optimizers:
+                raise ValueError(
+                    f"[optimizers.{name}] is not searched: add {name!r} to [search] optimizers"
+                )
+        for name in self.search.optimizers:
+            resolve_optimizer(name, self.optimizers.get(name, {}))
+        return self
+
+    def optimizer_choices(self) -> list[OptimizerChoice]:
+        """The searched optimizers with their final ranges, in the order of the file."""
+        return [
+            resolve_optimizer(name, self.optimizers.get(name, {}))
+            for name in self.search.optimizers
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data, for recording in the study (a study says how it was made)."""
+        return self.model_dump(mode="json")
+
+
+def _as_knob(name: str, optimizer: str, value: Any) -> Knob | Any:
+    """A ``[low, high]`` list becomes a searched Knob; anything else is a fixed value."""
+    if not isinstance(value, list):
+        return value
+    if len(value) != 2 or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        raise ValueError(
+            f"[optimizers.{optimizer}] {name}: expected [low, high] numbers, got {value}"
+        )
+    low, high = float(value[0]), float(value[1])
+    if low > high:
+        raise ValueError(f"[optimizers.{optimizer}] {name}: low {low:g} is above high {high:g}")
+    scale = KNOB_SCALES.get(name, "log" if low > 0 else "linear")
+    if scale == "log" and low <= 0:
+        raise ValueError(
+            f"[optimizers.{optimizer}] {name}: bounds must be positive (it is searched "
+            f"log-uniformly), got [{low:g}, {high:g}]"
+        )
+    if scale == "log_complement" and not 0 <= low <= high < 1:
+        raise ValueError(
+            f"[optimizers.{optimizer}] {name}: expected bounds in [0, 1), got [{low:g}, {high:g}]"
+        )
+    if all(isinstance(v, int) for v in value) and scale == "linear":
+        scale = "int"
+    return Knob(low, high, scale)
+
+
+def _check_kwargs(optimizer: str, target: str, names: list[str]) -> None:
+    """Refuse keys the library class does not take (typos such as ``learnig_rate``)."""
+    try:
+        parameters = inspect.signature(import_target(target).__init__).parameters
+    except ValueError as error:
+        raise ValueError(f"[optimizers.{optimizer}] class: {error}") from None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    library_names = {"beta1": "betas", "beta2": "betas", "learning_rate": "lr"}
+    unknown = [name for name in names if library_names.get(name, name) not in parameters]
+    if unknown:
+        accepted = sorted(set(parameters) - {"self", "params", "lr", "betas"})
+        raise ValueError(
+            f"[optimizers.{optimizer}] unknown key {unknown[0]!r} for {target}; it takes "
+            f"learning_rate, beta1, beta2, {', '.join(accepted)}"
+        )
+
+
+def resolve_optimizer(name: str, table: Mapping[str, Any]) -> OptimizerChoice:
+    """Merge an ``[optimizers.NAME]`` table into the registry entry (or a custom class)."""
+    table = dict(table)
+    target = table.pop("class", None)
+    base: OptimizerSpec | None = REGISTRY.get(name)
+    if base is None and target is None:
+        raise ValueError(
+            f"unknown optimizer {name!r}; known: {', '.join(REGISTRY)}; or name any torch.optim "
+            f"or pytorch-optimizer class in [optimizers.{name}] class = 'module:Class'"
+        )
+    if base is None:
+        if "learning_rate" not in table:
+            raise ValueError(f"[optimizers.{name}] needs learning_rate = [low, high]")
+        base = OptimizerSpec(name, target, knob("learning_rate", 1e-4, 1e-1))
+    target = target or base.target
+    _check_kwargs(name, target, [key for key in table if key != "weight_decay"])
+
+    learning_rate, weight_decay = base.learning_rate, base.weight_decay
+    knobs, fixed = dict(base.knobs), dict(base.fixed)
+    for key, raw in table.items():
+        value = _as_knob(key, name, raw)
+        if key == "learning_rate":
+            if not isinstance(value, Knob):
+                value = Knob(float(value), float(value), "log")
+            if value.low <= 0:
+                raise ValueError(f"[optimizers.{name}] learning_rate: bounds must be positive")
+            learning_rate = value
+        elif key == "weight_decay":
+            if not isinstance(value, Knob) or value.low <= 0:
+                raise ValueError(f"[optimizers.{name}] weight_decay: expected [low, high] > 0")
+            weight_decay = value
+        elif isinstance(value, Knob):
+            knobs[key] = value
+            fixed.pop(key, None)
+        else:
+            fixed[key] = value
+            knobs.pop(key, None)
+    return OptimizerChoice(
+        name=name,
+        target=target,
+        learning_rate=learning_rate,
+        knobs=knobs,
+        fixed=fixed,
+        weight_decay=weight_decay,
+        schedule_free=base.schedule_free,
+    )
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    """Pydantic's error location in TOML words: ``[budget] trials``."""
+    parts = [str(part) for part in loc if not str(part).startswith("function-")]
+    if len(parts) <= 1:
+        return parts[0] if parts else ""
+    return f"[{'.'.join(parts[:-1])}] {parts[-1]}"
+
+
+def parse_spec(data: Mapping[str, Any], source: str = "<spec>") -> StudySpec:
+    """Validate already-parsed TOML data; raise SpecError naming `source`, the key and the fix."""
+    try:
+        return StudySpec.model_validate(dict(data))
+    except ValidationError as error:
+        first = error.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling against the README's study file reference)"
+        elif first["type"] == "missing":
+            message = "missing: this key is required"
+        where = _location(first["loc"])
+        raise SpecError(
+            f"{source}: {where}: {message}" if where else f"{source}: {message}"
+        ) from None
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``--set section.key=value``; the value is read as TOML, else as a string."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {assignment!r}: expected key=value, e.g. budget.trials=20")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    *sections, leaf = key.strip().split(".")
+    target = data
+    for section in sections:
+        target = target.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise SpecError(f"--set {assignment!r}: {section!r} is not a table")
+    target[leaf] = value
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
+    """Read and validate a study file, applying ``--set`` overrides first.
+
+    Raises:
+        SpecError: the file is missing, is not TOML, or is not a valid study.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such study file (see studies/ for examples)") from None
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise SpecError(f"{path}: invalid TOML: {error}") from None
+    for assignment in overrides or []:
+        _apply_override(data, assignment)
+    return parse_spec(data, str(path))

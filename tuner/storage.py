@@ -1,0 +1,129 @@
+"""Where studies live: storage URL resolution and Optuna's RDBStorage with safe engine options.
+
+One URL names the study database: the argument, else the spec's ``[execution] storage``, else
+``TUNER_STORAGE``, else one SQLite file in the user's data folder, so every project on the
+machine finds the same studies. Optuna's schema is used as it is, so optuna-dashboard and the
+``optuna`` CLI read our studies.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+from tuner.errors import StorageError
+
+#: Seconds a SQLite writer waits for a lock before failing; long, because optuna-dashboard's
+#: polling and several workers share one file (optuna-dashboard issue 545).
+SQLITE_BUSY_TIMEOUT = 60
+#: Seconds between a running trial's heartbeats, and how stale one may get before its trial
+#: is failed and retried (a dead worker's trial is freed within grace).
+HEARTBEAT_INTERVAL = 5
+HEARTBEAT_GRACE = 20
+
+
+def default_storage_path() -> Path:
+    """``$XDG_DATA_HOME/tuner/studies.db``, else ``~/.local/share/tuner/studies.db``."""
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home) / "tuner" / "studies.db"
+
+
+def resolve_storage_url(explicit: str | None = None, from_spec: str | None = None) -> str:
+    """The storage URL from the argument, the spec, ``TUNER_STORAGE``, or the default file.
+
+    A bare path (no ``://``) means a SQLite file.
+    """
+    url = explicit or from_spec or os.environ.get("TUNER_STORAGE")
+    if not url:
+        return f"sqlite:///{default_storage_path()}"
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
+    return url
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ***, safe to print and log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def _prepare_sqlite(url: sqlalchemy.URL) -> dict:
+    """Create the folder and switch the file to WAL, so readers never block the writer."""
+    if not url.database or url.database == ":memory:":
+        return {}
+    path = Path(url.database)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+    # isolation_level=None: pysqlite stops opening transactions behind SQLAlchemy's back;
+    # _serialize_sqlite_writers then opens each one itself.
+    return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT, "isolation_level": None}}
+
+
+def _serialize_sqlite_writers(engine: sqlalchemy.Engine) -> None:
+    """Start every transaction with BEGIN IMMEDIATE (SQLAlchemy's pysqlite recipe).
+
+    pysqlite would otherwise run Optuna's ``SELECT … FOR UPDATE`` outside any transaction
+    (SQLite has no row locks), and two workers could both claim the same WAITING trial.
+    Taking the write lock at BEGIN makes each claim atomic; the busy timeout makes the others
+    wait for it instead of failing with "database is locked".
+    """
+    sqlalchemy.event.listen(
+        engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE")
+    )
+    engine.dispose()  # connections opened before the listener would miss it
+
+
+def open_storage(url: str, *, heartbeat: bool = False) -> optuna.storages.RDBStorage:
+    """Open (creating if needed) the study database at `url`.
+
+    Args:
+        url: a SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg://…``).
+        heartbeat: turn on Optuna's trial heartbeats, for workers; a stale trial becomes
+            FAIL and is retried once with the same parameters.
+
+    Raises:
+        StorageError: the URL is malformed or the database cannot be reached.
+    """
+    masked = mask_url(url)
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise StorageError(
+            f"storage {masked!r} is not a database URL; expected e.g. sqlite:///path/studies.db "
+            "or postgresql+psycopg://user@host/db"
+        ) from None
+    engine_kwargs = {"pool_pre_ping": True}
+    if parsed.get_backend_name() == "sqlite":
+        try:
+            engine_kwargs |= _prepare_sqlite(parsed)
+        except (OSError, sqlite3.Error) as error:
+            raise StorageError(f"cannot open SQLite storage {masked}: {error}") from None
+    heartbeat_kwargs = {}
+    if heartbeat:
+        heartbeat_kwargs = {
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "grace_period": HEARTBEAT_GRACE,
+            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
+        }
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise StorageError(
+            f"cannot reach storage {masked}: {reason}. Check that the database server is "
+            "running and the URL is right, or pass another with --storage / TUNER_STORAGE."
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        _serialize_sqlite_writers(storage.engine)
+    return storage
