@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` runs the quickstart study on the embedded
+# default (SQLite file, local Ray); `make test` passes the tests. Both build the virtual
+# environment first if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned to the CPU build on the development machines' disk: an unpinned
+# install would pull a multi-GB CUDA build.
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: demo test lint venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+demo: venv
+	$(BIN)/tuner run studies/quickstart.toml
+	cd /tmp && $(CURDIR)/$(BIN)/python -c "import tuner; print(tuner.best_config('quickstart'))"
+
+test: venv
+	$(BIN)/ruff check tuner tests bench
+	$(BIN)/ruff format --check tuner tests bench
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check --fix tuner tests bench
+	$(BIN)/ruff format tuner tests bench
