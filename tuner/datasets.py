@@ -251,8 +251,15 @@ def _find_file(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_idx_dataset(name: str, data_dir: Path) -> ImageDataset:
-    """The full set from its four IDX files; the official test split is the validation set."""
+def require_files(name: str, data_dir: Path | None = None) -> list[Path]:
+    """The four IDX files of mnist or fashion_mnist, in IDX_FILES order; [] for shipped sets.
+
+    Raises:
+        DatasetMissingError: some are missing; the message says which files to put where.
+    """
+    if name not in ("mnist", "fashion_mnist"):
+        return []
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
     directory = data_dir / name
     found = {stem: _find_file(directory, stem) for stem in IDX_FILES}
     missing = [stem for stem, path in found.items() if path is None]
@@ -265,7 +272,12 @@ def _load_idx_dataset(name: str, data_dir: Path) -> ImageDataset:
             f"The data directory is {data_dir}; set TUNER_DATA_DIR (or the study's data_dir) "
             "to use another one."
         )
-    paths = [path for path in found.values() if path is not None]
+    return [path for path in found.values() if path is not None]
+
+
+def _load_idx_dataset(name: str, data_dir: Path) -> ImageDataset:
+    """The full set from its four IDX files; the official test split is the validation set."""
+    paths = require_files(name, data_dir)
     train_images, train_labels, val_images, val_labels = (read_idx(path) for path in paths)
     _check_pair(paths[0], train_images, train_labels)
     _check_pair(paths[2], val_images, val_labels)

@@ -52,7 +52,9 @@ class StudyProgress:
         """Begin showing `study` (called once it exists in storage)."""
         from tuner.storage import mask_url
 
-        self.console.print(f"Study [bold]{study.study_name}[/] in {mask_url(storage_url)}")
+        self.console.print(
+            f"Study [bold]{study.study_name}[/] in {mask_url(storage_url)}", soft_wrap=True
+        )
         self.study = study
         self.task = self.progress.add_task(
             study.study_name, total=None, pruned=0, failed=0, best="—"
@@ -152,8 +154,10 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
             _knobs(trial_config(trial)) if trial else "",
         )
     console.print(table)
+    # soft_wrap: a path or URL broken over two lines cannot be copied.
     console.print(
         f"Study [bold]{study.study_name}[/] lives in {mask_url(storage_url)}\n"
-        f"  best configuration: tuner best {study.study_name}   "
-        f"dashboard: optuna-dashboard {mask_url(storage_url)}"
+        f"  best configuration: tuner best {study.study_name}\n"
+        f"  dashboard: optuna-dashboard {mask_url(storage_url)}",
+        soft_wrap=True,
     )

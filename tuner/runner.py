@@ -17,6 +17,7 @@ from tuner import study as studies
 from tuner.errors import StorageError
 from tuner.spec import StudySpec
 from tuner.storage import open_storage, resolve_storage_url
+from tuner.workloads import preflight
 
 
 def with_overrides(
@@ -68,6 +69,7 @@ def run(
 
     Raises:
         StorageError: the storage cannot be reached, or is SQLite for a multi-machine cluster.
+        DatasetMissingError: the workload's data files are not on this machine.
         SpecError: the study exists with another search space.
     """
     url = resolve_storage_url(None, spec.execution.storage)
@@ -76,6 +78,8 @@ def run(
             "SQLite serves one machine, and workers on other nodes cannot share it: give a "
             "PostgreSQL storage (--storage postgresql+psycopg://user@host/db) for a cluster"
         )
+    if not spec.execution.ray_address:  # on a cluster the data lives on the workers' nodes
+        preflight(spec.workload)
     study = studies.create_or_resume(spec, open_storage(url))
     if on_start:
         on_start(study, url)

@@ -174,13 +174,13 @@ class StudySpec(_Model):
         metric, direction = resolve_metric(self.workload, self.metric, self.direction)
         object.__setattr__(self, "metric", metric)
         object.__setattr__(self, "direction", direction)
-        for name in self.optimizers:
-            if name not in self.search.optimizers:
-                raise ValueError(
-                    f"[optimizers.{name}] is not searched: add {name!r} to [search] optimizers"
-                )
         for name in self.search.optimizers:
             resolve_optimizer(name, self.optimizers.get(name, {}))
+        # A table for an optimizer that is not searched is kept for later, but checked too,
+        # so a misspelt [optimizers.adma] is caught rather than silently ignored.
+        for name, table in self.optimizers.items():
+            if name not in self.search.optimizers:
+                resolve_optimizer(name, table)
         return self
 
     def optimizer_choices(self) -> list[OptimizerChoice]:

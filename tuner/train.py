@@ -120,6 +120,7 @@ def train(
             }
         )
         trial.report(value, epoch)
-        if trial.should_prune():
+        # After the last epoch there is nothing left to save: keep the finished result.
+        if epoch < epochs and trial.should_prune():
             raise optuna.TrialPruned(f"pruned after epoch {epoch}: {spec.metric} = {value:.4g}")
     return value

@@ -78,3 +78,10 @@ def uses_batches(spec: Any) -> bool:
     """Whether batch size means anything to this workload (landscapes have no data)."""
     workload = _registered(spec.name)
     return workload is None or workload.uses_batches
+
+
+def preflight(spec: Any) -> None:
+    """Run the workload's start-of-study checks (its data is there), if it has any."""
+    workload = _registered(spec.name)
+    if workload is not None and workload.preflight is not None:
+        workload.preflight(_options(workload, spec.options))

@@ -60,3 +60,6 @@ class Workload:
     default_metric: str
     build: Callable[[Any, TrialContext], Trainable]
     uses_batches: bool = True
+    #: Checks run once before a study starts (data files present), so a study that cannot
+    #: train fails at once with exit 2 instead of failing every trial.
+    preflight: Callable[[Any], None] | None = None

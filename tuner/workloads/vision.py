@@ -95,6 +95,12 @@ class ImageClassification:
         return {"val_loss": loss_sum / count, "val_accuracy": correct / count}
 
 
+def _require_data(options: VisionOptions) -> None:
+    from tuner.datasets import require_files
+
+    require_files(options.dataset, Path(options.data_dir) if options.data_dir else None)
+
+
 WORKLOADS = [
     Workload(
         "cnn",
@@ -103,5 +109,6 @@ WORKLOADS = [
         {"val_accuracy": "maximize", "val_loss": "minimize"},
         "val_accuracy",
         ImageClassification,
+        preflight=_require_data,
     )
 ]

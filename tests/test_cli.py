@@ -1,0 +1,139 @@
+"""The ``tuner`` command as a user types it: errors exit 2 with a clear line and write nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tuner.cli import main
+from tuner.storage import default_storage_path
+
+ROOT = Path(__file__).parent.parent
+QUICKSTART = ROOT / "studies" / "quickstart.toml"
+
+
+def _tuner(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tuner.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.toml"], "missing.toml: no such study file"),
+        (["run", str(QUICKSTART), "--set", "budget.trials=-3"], r"[budget] trials"),
+        (
+            ["run", str(QUICKSTART), "--set", "search.optimizers=['adamm']"],
+            "unknown optimizer 'adamm'",
+        ),
+        (
+            ["run", str(QUICKSTART), "--set", "optimizers.adam.learning_rate=[1e-2, 1e-4]"],
+            "low 0.01 is above high 0.0001",
+        ),
+        (
+            ["run", str(QUICKSTART), "--set", "optimizers.sgd.learning_rate=[-1e-2, 1e-1]"],
+            "bounds must be positive",
+        ),
+        (["run", str(QUICKSTART), "--set", "budget.trails=3"], "unknown key"),
+    ],
+)
+def test_bad_study_exits_2_and_writes_nothing(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("tuner: error: ") and message in error
+    assert not default_storage_path().exists()
+
+
+def test_invalid_toml_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = 'x'\n[workload\n")
+    assert main(["run", str(bad)]) == 2
+    assert "invalid TOML" in capsys.readouterr().err
+    assert not default_storage_path().exists()
+
+
+def test_unreachable_storage_exits_2_with_password_masked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = "postgresql+psycopg://alice:hunter2@127.0.0.1:1/nowhere"
+    assert main(["run", str(QUICKSTART), "--storage", url]) == 2
+    error = capsys.readouterr().err
+    assert "cannot reach storage" in error and "127.0.0.1:1" in error
+    assert "hunter2" not in error and "***" in error
+
+
+def test_malformed_storage_url_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["best", "quickstart", "--storage", "nosuchdb+driver://x"]) == 2
+    assert "tuner: error:" in capsys.readouterr().err
+
+
+def test_sqlite_with_a_cluster_address_is_refused_naming_postgres(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["run", str(QUICKSTART), "--ray-address", "10.0.0.1:6379"]) == 2
+    assert "PostgreSQL" in capsys.readouterr().err
+
+
+def test_best_of_unknown_study_lists_the_studies(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    optuna.create_study(study_name="present", storage=sqlite_url)
+    assert main(["best", "absent", "--storage", sqlite_url]) == 2
+    error = capsys.readouterr().err
+    assert "no study named 'absent'" in error and "present" in error
+
+
+def test_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_quickstart_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
+    """`tuner run` on the default SQLite file, then the best config from another directory."""
+    elsewhere = tmp_path / "other-project"
+    elsewhere.mkdir()
+    run = _tuner("run", str(QUICKSTART), "--trials", "16", cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "Best trial per optimizer" in run.stdout
+    assert str(default_storage_path()) in run.stdout
+
+    storage = f"sqlite:///{default_storage_path()}"
+    study = optuna.load_study(study_name="quickstart", storage=storage)
+    states = [trial.state for trial in study.trials]
+    assert len(states) == 16
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert optuna.trial.TrialState.WAITING not in states
+
+    best = _tuner("best", "quickstart", "--json", cwd=elsewhere)
+    assert best.returncode == 0, best.stderr
+    config = json.loads(best.stdout)
+    assert config["value"] == pytest.approx(study.best_value)
+    assert config["trial_number"] == study.best_trial.number
+
+    code = "import tuner; c = tuner.best_config('quickstart'); print(c.optimizer, c.trial_number)"
+    printed = subprocess.run(
+        [sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert printed == [study.best_trial.params["optimizer"], str(study.best_trial.number)]
+
+    # Running again resumes: the budget is already spent, so no trial is added.
+    again = _tuner("run", str(QUICKSTART), "--trials", "16", cwd=ROOT)
+    assert again.returncode == 0, again.stderr
+    assert len(optuna.load_study(study_name="quickstart", storage=storage).trials) == 16

@@ -1,0 +1,179 @@
+"""Study files: valid ones load into typed objects; each mistake names the file, key and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuner.errors import SpecError
+from tuner.optimizers import REGISTRY
+from tuner.spec import load_spec, parse_spec
+
+STUDIES = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.toml"))
+
+MINIMAL = """
+name = "t"
+[workload]
+name = "rosenbrock"
+[budget]
+trials = 5
+"""
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda path: path.name)
+def test_every_shipped_study_is_valid(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.name
+    assert spec.metric and spec.direction in ("minimize", "maximize")
+    assert spec.optimizer_choices()
+
+
+def test_defaults_fill_in_metric_direction_sampler_and_pruner(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(MINIMAL)
+    spec = load_spec(path)
+    assert (spec.metric, spec.direction) == ("loss", "minimize")
+    assert (spec.sampler.name, spec.pruner.name) == ("tpe", "hyperband")
+    assert [choice.name for choice in spec.optimizer_choices()] == [
+        "sgd",
+        "momentum",
+        "adam",
+        "adamw",
+    ]
+
+
+def test_cnn_metric_defaults_to_accuracy_maximised() -> None:
+    spec = parse_spec(
+        {
+            "name": "c",
+            "workload": {"name": "cnn", "options": {"dataset": "digits"}},
+            "budget": {"trials": 1},
+        }
+    )
+    assert (spec.metric, spec.direction) == ("val_accuracy", "maximize")
+
+
+def test_optimizer_table_overrides_ranges_and_fixes_knobs() -> None:
+    spec = parse_spec(
+        {
+            "name": "o",
+            "workload": {"name": "rosenbrock"},
+            "budget": {"trials": 1},
+            "search": {"optimizers": ["adam"]},
+            "optimizers": {"adam": {"learning_rate": [1e-3, 1e-2], "beta2": 0.98}},
+        }
+    )
+    (adam,) = spec.optimizer_choices()
+    assert (adam.learning_rate.low, adam.learning_rate.high) == (1e-3, 1e-2)
+    assert adam.fixed["beta2"] == 0.98 and "beta2" not in adam.knobs
+    assert adam.knobs["beta1"] == REGISTRY["adam"].knobs["beta1"]
+
+
+def test_any_library_optimizer_can_be_named_with_its_class() -> None:
+    spec = parse_spec(
+        {
+            "name": "o",
+            "workload": {"name": "rosenbrock"},
+            "budget": {"trials": 1},
+            "search": {"optimizers": ["asgd"]},
+            "optimizers": {
+                "asgd": {
+                    "class": "torch.optim:ASGD",
+                    "learning_rate": [1e-3, 1e-1],
+                    "lambd": [1e-5, 1e-3],
+                }
+            },
+        }
+    )
+    (asgd,) = spec.optimizer_choices()
+    assert asgd.target == "torch.optim:ASGD"
+    assert asgd.knobs["lambd"].scale == "log"
+
+
+def test_overrides_are_type_checked(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(MINIMAL)
+    assert load_spec(path, ["budget.trials=9", "budget.epochs=2"]).budget.trials == 9
+    with pytest.raises(SpecError, match=r"\[budget\] trials"):
+        load_spec(path, ["budget.trials=many"])
+    with pytest.raises(SpecError, match="unknown key"):
+        load_spec(path, ["budget.trails=3"])
+
+
+BAD_SPECS = [
+    ("unknown top-level key", MINIMAL + "colour = 'blue'\n", "colour: unknown key"),
+    ("unknown nested key", MINIMAL + "[sampler]\nnmae = 'tpe'\n", r"\[sampler\] nmae: unknown key"),
+    (
+        "unknown optimizer",
+        MINIMAL + "[search]\noptimizers = ['adamm']\n",
+        "unknown optimizer 'adamm'",
+    ),
+    (
+        "low above high",
+        MINIMAL + "[search]\noptimizers=['adam']\n[optimizers.adam]\nlearning_rate = [0.1, 0.01]\n",
+        r"\[optimizers.adam\] learning_rate: low 0.1 is above high 0.01",
+    ),
+    (
+        "negative learning rate",
+        MINIMAL + "[search]\noptimizers=['sgd']\n[optimizers.sgd]\nlearning_rate = [-0.1, 0.1]\n",
+        "bounds must be positive",
+    ),
+    (
+        "typo in optimizer key",
+        MINIMAL + "[search]\noptimizers=['sgd']\n[optimizers.sgd]\nmomentun = 0.9\n",
+        "unknown key 'momentun' for torch.optim:SGD",
+    ),
+    (
+        "unknown workload",
+        MINIMAL.replace("rosenbrock", "rosenbrok"),
+        "unknown workload 'rosenbrok'",
+    ),
+    (
+        "unknown workload option",
+        MINIMAL + "[workload.options]\nstepz = 3\n",
+        r"\[workload.options\] stepz",
+    ),
+    (
+        "no budget",
+        "name = 't'\n[workload]\nname = 'rosenbrock'\n[budget]\nepochs = 2\n",
+        "never ends",
+    ),
+    ("unknown schedule", MINIMAL + "[search]\nschedules = ['cosin']\n", "unknown schedule 'cosin'"),
+    (
+        "metric the workload lacks",
+        "metric = 'accuracy'\n" + MINIMAL,
+        "reports loss, not 'accuracy'",
+    ),
+    ("missing workload", "name = 't'\n[budget]\ntrials = 1\n", "workload: missing"),
+    (
+        "misspelt optimizer table",
+        MINIMAL + "[optimizers.adma]\nlearning_rate = [1e-5, 1e-4]\n",
+        "unknown optimizer 'adma'",
+    ),
+    (
+        "cnn without a dataset",
+        "name = 'c'\n[workload]\nname = 'cnn'\n[budget]\ntrials = 1\n",
+        r"\[workload.options\] dataset",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "message"), BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
+def test_bad_spec_is_refused_with_file_key_and_reason(
+    tmp_path: Path, case: str, text: str, message: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=message) as error:
+        load_spec(path)
+    assert str(error.value).startswith(str(path))
+
+
+def test_missing_file_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="no such study file"):
+        load_spec(tmp_path / "nope.toml")
+    path = tmp_path / "broken.toml"
+    path.write_text("name = \n")
+    with pytest.raises(SpecError, match="invalid TOML"):
+        load_spec(path)

@@ -1,0 +1,66 @@
+"""Storage URLs, the default file, masking, and real SQLite and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tuner.errors import StorageError
+from tuner.storage import default_storage_path, mask_url, open_storage, resolve_storage_url
+
+
+def test_default_is_one_file_in_the_user_data_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert default_storage_path() == tmp_path / "data" / "tuner" / "studies.db"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_storage_path() == tmp_path / "home" / ".local" / "share" / "tuner" / "studies.db"
+
+
+def test_resolution_order_argument_spec_environment_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert resolve_storage_url() == f"sqlite:///{default_storage_path()}"
+    monkeypatch.setenv("TUNER_STORAGE", "postgresql+psycopg://env@h/db")
+    assert resolve_storage_url() == "postgresql+psycopg://env@h/db"
+    assert resolve_storage_url(None, "sqlite:///spec.db") == "sqlite:///spec.db"
+    assert resolve_storage_url("sqlite:///arg.db", "sqlite:///spec.db") == "sqlite:///arg.db"
+
+
+def test_a_bare_path_means_a_sqlite_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert resolve_storage_url("my.db") == f"sqlite:///{tmp_path / 'my.db'}"
+
+
+def test_password_is_masked() -> None:
+    masked = mask_url("postgresql+psycopg://bob:s3cret@db.example:5432/studies")
+    assert "s3cret" not in masked and "bob" in masked and "db.example" in masked
+
+
+def test_sqlite_file_is_created_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "folder" / "studies.db"
+    storage = open_storage(f"sqlite:///{path}")
+    optuna.create_study(study_name="s", storage=storage)
+    assert path.exists()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_unreachable_postgres_is_a_storage_error() -> None:
+    with pytest.raises(StorageError, match="cannot reach storage") as error:
+        open_storage("postgresql+psycopg://carol:pw@127.0.0.1:1/none")
+    assert "pw@" not in str(error.value)
+
+
+def test_optuna_tools_read_our_studies(storage_url: str, study_name: str) -> None:
+    """Our storage is Optuna's schema as it is: plain Optuna sees the same study."""
+    storage = open_storage(storage_url, heartbeat=True)
+    study = optuna.create_study(study_name=study_name, storage=storage)
+    study.enqueue_trial({"x": 1.0})
+    plain = optuna.load_study(study_name=study_name, storage=storage_url)
+    assert [trial.state for trial in plain.trials] == [optuna.trial.TrialState.WAITING]
+    assert storage.get_heartbeat_interval() is not None

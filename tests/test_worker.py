@@ -1,0 +1,140 @@
+"""The worker loop against real SQLite and PostgreSQL: budgets, failures, resumes, races."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner import study as studies
+from tuner.errors import SpecError
+from tuner.execution.worker import run_worker
+from tuner.spec import StudySpec, parse_spec
+from tuner.storage import open_storage
+
+
+def landscape_spec(name: str, **sections: Any) -> StudySpec:
+    data: dict[str, Any] = {
+        "name": name,
+        "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": 5}},
+        "search": {"optimizers": ["sgd", "adam"], "weight_decay": "off"},
+        "optimizers": {"sgd": {"learning_rate": [1e-5, 1e-3]}},
+        "budget": {"trials": 12, "epochs": 2},
+    }
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
+    return parse_spec(data)
+
+
+def _worker_process(spec_data: dict[str, Any], url: str, name: str) -> None:
+    run_worker(StudySpec.model_validate(spec_data), url, worker=name)
+
+
+def test_workers_in_separate_processes_spend_the_budget_exactly(
+    storage_url: str, study_name: str
+) -> None:
+    spec = landscape_spec(study_name, budget={"trials": 40, "epochs": 1})
+    studies.create_or_resume(spec, open_storage(storage_url))
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker_process, args=(spec.to_dict(), storage_url, f"w{i}"))
+        for i in range(3)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+        assert worker.exitcode == 0
+
+    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    assert sorted(trial.number for trial in trials) == list(range(40))
+    assert all(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials)
+    # Every trial was claimed by exactly one worker: its attributes name a single worker
+    # and its configuration was sampled once.
+    assert {trial.user_attrs["worker"] for trial in trials} <= {"w0", "w1", "w2"}
+    assert all(
+        trial.params["optimizer"] == trial.user_attrs["config"]["optimizer"] for trial in trials
+    )
+
+
+def test_trial_records_what_optuna_has_no_column_for(storage_url: str, study_name: str) -> None:
+    spec = landscape_spec(study_name, budget={"trials": 3, "epochs": 2}, pruner={"name": "none"})
+    studies.create_or_resume(spec, open_storage(storage_url))
+    run_worker(spec, storage_url, worker="me")
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    assert study.user_attrs["spec"]["name"] == study_name
+    for trial in study.trials:
+        attrs = trial.user_attrs
+        assert attrs["worker"] == "me" and attrs["device"] == "cpu"
+        assert attrs["epochs_run"] == 2 and len(attrs["curve"]) == 2
+        assert attrs["wall_seconds"] > 0 and isinstance(attrs["seed"], int)
+        assert list(trial.intermediate_values) == [1, 2]
+    assert len({trial.user_attrs["seed"] for trial in study.trials}) == 3
+
+
+def test_diverging_trials_fail_with_a_reason_and_the_study_goes_on(
+    storage_url: str, study_name: str
+) -> None:
+    spec = landscape_spec(
+        study_name,
+        search={"optimizers": ["sgd"]},
+        optimizers={"sgd": {"learning_rate": [0.5, 1.0]}},
+        budget={"trials": 4, "epochs": 2},
+    )
+    studies.create_or_resume(spec, open_storage(storage_url))
+    run_worker(spec, storage_url)
+    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    assert [trial.state for trial in trials] == [TrialState.FAIL] * 4
+    assert all("diverged in epoch 1" in trial.user_attrs["fail_reason"] for trial in trials)
+
+
+def test_a_crashing_workload_fails_its_trial_not_the_worker(
+    storage_url: str, study_name: str
+) -> None:
+    spec = parse_spec(
+        {
+            "name": study_name,
+            "workload": {"name": "tests.workloads:broken"},
+            "metric": "loss",
+            "direction": "minimize",
+            "budget": {"trials": 2, "epochs": 1},
+        }
+    )
+    studies.create_or_resume(spec, open_storage(storage_url))
+    assert run_worker(spec, storage_url).trials == 2
+    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    assert [trial.state for trial in trials] == [TrialState.FAIL] * 2
+    assert "RuntimeError: broken on purpose" in trials[0].user_attrs["fail_reason"]
+
+
+def test_resume_tops_the_budget_up_and_refuses_a_changed_search_space(
+    storage_url: str, study_name: str
+) -> None:
+    storage = open_storage(storage_url)
+    spec = landscape_spec(study_name, budget={"trials": 5, "epochs": 1})
+    studies.create_or_resume(spec, storage)
+    run_worker(spec, storage_url)
+    bigger = landscape_spec(study_name, budget={"trials": 8, "epochs": 1})
+    studies.create_or_resume(bigger, storage)
+    run_worker(bigger, storage_url)
+    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    assert len(trials) == 8 and all(trial.state.is_finished() for trial in trials)
+
+    changed = landscape_spec(study_name, search={"optimizers": ["adam"]})
+    with pytest.raises(SpecError, match="different search"):
+        studies.create_or_resume(changed, storage)
+    assert len(optuna.load_study(study_name=study_name, storage=storage_url).trials) == 8
+
+
+def test_wall_time_budget_stops_claiming_trials(sqlite_url: str) -> None:
+    spec = landscape_spec("timed", budget={"trials": None, "timeout_seconds": 1.0, "epochs": 1})
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    started = time.time()
+    summary = run_worker(spec, sqlite_url, deadline=started + 1.0)
+    trials = optuna.load_study(study_name="timed", storage=sqlite_url).trials
+    assert summary.trials == len(trials) > 0
+    assert all(trial.state.is_finished() for trial in trials)
