@@ -105,9 +105,13 @@ class BudgetSpec(_Model):
 
 
 class SamplerSpec(_Model):
-    """Optuna sampler; TPE (multivariate, constant liar for parallel workers) by default."""
+    """Optuna sampler; TPE (multivariate, constant liar for parallel workers) by default.
 
-    name: Literal["tpe", "random", "cmaes", "qmc", "gp"] = "tpe"
+    ``grid`` compares the optimizers head to head: trial i trains ``optimizers[i % n]`` (so
+    ``trials = n × repeats`` repeats each with new seeds), other parameters sampled at random.
+    """
+
+    name: Literal["tpe", "random", "cmaes", "qmc", "gp", "grid"] = "tpe"
     n_startup_trials: int = Field(default=10, ge=0)
 
 

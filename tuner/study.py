@@ -33,7 +33,7 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
         )
-    if name == "random":
+    if name in ("random", "grid"):  # grid: the optimizer is fixed per trial at enqueue time
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(
@@ -102,9 +102,18 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
     study.set_user_attr("spec", spec.to_dict())
     study.set_user_attr("metric", spec.metric)
     if spec.budget.trials is not None:
-        for _ in range(spec.budget.trials - len(study.get_trials(deepcopy=False))):
-            study.enqueue_trial({})
+        laid_down = len(study.get_trials(deepcopy=False))
+        for number in range(laid_down, spec.budget.trials):
+            study.enqueue_trial(_slot_params(spec, number))
     return study
+
+
+def _slot_params(spec: StudySpec, number: int) -> dict[str, str]:
+    """What a budget slot fixes: nothing, or its optimizer under the grid sampler."""
+    if spec.sampler.name != "grid":
+        return {}
+    optimizers = spec.search.optimizers
+    return {"optimizer": optimizers[number % len(optimizers)]}
 
 
 def claim_trial(study: optuna.Study, unbounded: bool) -> optuna.Trial | None:
