@@ -10,6 +10,7 @@ parameter name whose scale changes within a study; ranges may differ per optimiz
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -224,15 +225,34 @@ REGISTRY: dict[str, OptimizerSpec] = {
 }
 
 
+def library_defaults(optimizer_class: type) -> dict[str, Any]:
+    """The keyword defaults of a library optimizer's constructor."""
+    parameters = inspect.signature(optimizer_class.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
 def optimizer_kwargs(
-    learning_rate: float, weight_decay: float, hyperparameters: Mapping[str, Any]
+    learning_rate: float,
+    weight_decay: float,
+    hyperparameters: Mapping[str, Any],
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Translate knobs in natural units to library kwargs (beta1/beta2 → betas, lr)."""
+    """Translate knobs in natural units to library kwargs (beta1/beta2 → betas, lr).
+
+    `defaults` are the class's own (see `library_defaults`): a β that is not given keeps the
+    library's value, and weight decay is passed even at 0 wherever the class takes it, since
+    some classes default to non-zero decay (AdamW: 0.01), which "off" must override.
+    """
+    defaults = defaults or {}
     kwargs = {key: value for key, value in hyperparameters.items() if key not in ("beta1", "beta2")}
     if "beta1" in hyperparameters or "beta2" in hyperparameters:
-        kwargs["betas"] = (hyperparameters.get("beta1", 0.9), hyperparameters.get("beta2", 0.999))
+        default_betas = defaults.get("betas", (0.9, 0.999))
+        kwargs["betas"] = (
+            hyperparameters.get("beta1", default_betas[0]),
+            hyperparameters.get("beta2", default_betas[1]),
+        )
     kwargs["lr"] = learning_rate
-    if weight_decay:
+    if weight_decay or "weight_decay" in defaults:
         kwargs["weight_decay"] = weight_decay
     return kwargs
 
@@ -246,9 +266,11 @@ def build_optimizer(
     lookahead: tuple[int, float] | None = None,
 ) -> torch.optim.Optimizer:
     """Build a library optimizer, wrapped in pytorch-optimizer's Lookahead when asked."""
-    optimizer = import_target(target)(
-        params, **optimizer_kwargs(learning_rate, weight_decay, hyperparameters)
+    optimizer_class = import_target(target)
+    kwargs = optimizer_kwargs(
+        learning_rate, weight_decay, hyperparameters, library_defaults(optimizer_class)
     )
+    optimizer = optimizer_class(params, **kwargs)
     if lookahead is None:
         return optimizer
     from pytorch_optimizer import Lookahead

@@ -43,8 +43,8 @@ def build_scheduler(
         return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     if schedule == "step":
         # Two drops by 10×, at a third and two thirds of the run: the classic ResNet recipe.
-        step_size = max(1, total_steps // 3)
-        return lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=FINAL_LR_FACTOR**0.5)
+        milestones = [max(1, total_steps // 3), max(2, 2 * total_steps // 3)]
+        return lr_scheduler.MultiStepLR(optimizer, milestones, gamma=FINAL_LR_FACTOR**0.5)
     if schedule == "exponential":
         return lr_scheduler.ExponentialLR(optimizer, gamma=FINAL_LR_FACTOR ** (1 / total_steps))
     if schedule == "cosine":
