@@ -76,11 +76,12 @@ def study_name(storage_url: str) -> Iterator[str]:
     storage.engine.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def local_ray() -> Iterator[None]:
-    """One real local Ray instance for the tests that launch workers in-process."""
+    """A real local Ray instance, started once and shared (a test that needs its own cluster
+    shuts it down; the next user starts it again)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
-    ray.shutdown()

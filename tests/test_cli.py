@@ -47,6 +47,8 @@ def _tuner(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproce
             "bounds must be positive",
         ),
         (["run", str(QUICKSTART), "--set", "budget.trails=3"], "unknown key"),
+        (["run", str(QUICKSTART), "--workers", "0"], "[execution] workers"),
+        (["run", str(QUICKSTART), "--set", "execution.grace_seconds=4"], "grace_seconds must be"),
     ],
 )
 def test_bad_study_exits_2_and_writes_nothing(
@@ -95,6 +97,32 @@ def test_best_of_unknown_study_lists_the_studies(
     assert main(["best", "absent", "--storage", sqlite_url]) == 2
     error = capsys.readouterr().err
     assert "no study named 'absent'" in error and "present" in error
+
+
+def test_worker_and_status_of_an_unknown_study_exit_2(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in ("worker", "status"):
+        assert main([command, "nope", "--storage", sqlite_url]) == 2
+        assert "no study named 'nope'" in capsys.readouterr().err
+
+
+def test_status_shows_states_best_and_throughput(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tuner import study as studies
+    from tuner.execution.worker import run_worker
+    from tuner.spec import load_spec
+    from tuner.storage import open_storage
+
+    spec = load_spec(QUICKSTART, ["budget.trials=6", "budget.epochs=2"])
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    run_worker(spec, sqlite_url)
+    study = optuna.load_study(study_name="quickstart", storage=sqlite_url)
+    assert main(["status", "quickstart", "--storage", sqlite_url]) == 0
+    out = capsys.readouterr().out
+    assert "quickstart: 6 trials" in out and "throughput" in out
+    assert f"{study.best_value:.5g}" in out
 
 
 def test_usage_errors_exit_2() -> None:

@@ -58,7 +58,7 @@ def test_unreachable_postgres_is_a_storage_error() -> None:
 
 def test_optuna_tools_read_our_studies(storage_url: str, study_name: str) -> None:
     """Our storage is Optuna's schema as it is: plain Optuna sees the same study."""
-    storage = open_storage(storage_url, heartbeat=True)
+    storage = open_storage(storage_url, heartbeat=(1, 3))
     study = optuna.create_study(study_name=study_name, storage=storage)
     study.enqueue_trial({"x": 1.0})
     plain = optuna.load_study(study_name=study_name, storage=storage_url)

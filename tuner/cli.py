@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
         storage=args.storage,
     )
     console = Console()
-    with StudyProgress(console) as progress:
+    with StudyProgress(console, spec.budget.trials) as progress:
         study = run(spec, on_start=progress.start, on_tick=progress.tick)
     from tuner.storage import resolve_storage_url
 
@@ -81,6 +81,39 @@ def _best(args: argparse.Namespace) -> int:
     ]:
         table.add_row(key, value)
     Console().print(table)
+    return 0
+
+
+def _open(study_name: str, storage: str | None):
+    from tuner.results import load_study
+    from tuner.storage import open_storage, resolve_storage_url
+
+    url = resolve_storage_url(storage)
+    return load_study(study_name, open_storage(url), url), url
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from tuner.errors import SpecError
+    from tuner.execution.worker import run_worker
+    from tuner.spec import parse_spec
+
+    study, url = _open(args.study, args.storage)
+    recorded = study.user_attrs.get("spec")
+    if recorded is None:
+        raise SpecError(f"study {args.study!r} was not created by `tuner run`: it records no spec")
+    spec = parse_spec(recorded, f"study {args.study!r}")
+    summary = run_worker(spec, url, worker=args.name, threads=args.threads)
+    print(f"worker {summary.worker}: {summary.trials} trials of {args.study}; no trial left to run")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tuner.display import print_status
+
+    study, _ = _open(args.study, args.storage)
+    print_status(Console(), study)
     return 0
 
 
@@ -132,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--json", action="store_true", help="print JSON instead of a table")
     best.add_argument("--storage", help=storage_help)
     best.set_defaults(handler=_best)
+
+    worker = commands.add_parser(
+        "worker", help="add a worker to a running study (no Ray needed: any scheduler or shell)"
+    )
+    worker.add_argument("study", help="the study's name")
+    worker.add_argument("--storage", help=storage_help)
+    worker.add_argument("--name", help="the name recorded on its trials (default host:pid)")
+    worker.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    worker.set_defaults(handler=_worker)
+
+    status = commands.add_parser("status", help="trials by state, running trials, throughput")
+    status.add_argument("study", help="the study's name")
+    status.add_argument("--storage", help=storage_help)
+    status.set_defaults(handler=_status)
 
     data = commands.add_parser("data", help="data sets for the CNN workloads")
     data_commands = data.add_subparsers(dest="data_command", required=True)

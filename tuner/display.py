@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tuner.results import best_trials_by_optimizer, trial_config, trial_optimizer
-from tuner.study import count_states
+from tuner.study import count_states, retries
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -24,8 +24,9 @@ def format_value(value: float | None) -> str:
 class StudyProgress:
     """A progress bar fed by polling the study in storage (workers may be anywhere)."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, budget: int | None):
         self.console = console
+        self.budget = budget
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -70,7 +71,8 @@ class StudyProgress:
             best = self.study.best_value
         self.progress.update(
             self.task,
-            total=len(trials),
+            # Slots are laid down as workers go: the total is the budget, plus any retries.
+            total=self.budget + retries(trials) if self.budget else None,
             completed=sum(counts[state] for state in FINISHED),
             pruned=counts[TrialState.PRUNED],
             failed=counts[TrialState.FAIL],
@@ -161,3 +163,48 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
         f"  dashboard: optuna-dashboard {mask_url(storage_url)}",
         soft_wrap=True,
     )
+
+
+def print_status(console: Console, study: optuna.Study) -> None:
+    """Trials by state, running trials with their worker and age, best value, throughput."""
+    import datetime
+
+    trials = study.get_trials(deepcopy=False)
+    counts = count_states(trials)
+    metric = study.user_attrs.get("metric", "value")
+    best = study.best_value if counts[TrialState.COMPLETE] else None
+    states = ", ".join(
+        f"{counts[state]} {state.name.lower()}" for state in TrialState if counts[state]
+    )
+    console.print(f"[bold]{study.study_name}[/]: {len(trials)} trials — {states or 'none yet'}")
+    console.print(
+        f"best {metric}: [bold green]{format_value(best)}[/] ({study.direction.name.lower()})"
+    )
+
+    now = datetime.datetime.now()
+    finished = sorted(t.datetime_complete for t in trials if t.datetime_complete is not None)
+    if len(finished) >= 2:
+        span = (finished[-1] - finished[0]).total_seconds()
+        recent = sum(1 for moment in finished if (now - moment).total_seconds() <= 60)
+        rate = (len(finished) - 1) / span if span > 0 else float("nan")
+        console.print(
+            f"throughput: {rate:.3g} trials/s overall, {recent} finished in the last minute"
+        )
+
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if running:
+        table = Table(title="Running trials")
+        for column in ("trial", "optimizer", "worker", "node", "age", "last epoch"):
+            table.add_column(column)
+        for trial in running:
+            worker = str(trial.user_attrs.get("worker", "—"))
+            age = (now - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
+            table.add_row(
+                str(trial.number),
+                str(trial_optimizer(trial) or "—"),
+                worker,
+                str(trial.user_attrs.get("node", "—")),
+                f"{age:.0f} s",
+                str(max(trial.intermediate_values, default="—")),
+            )
+        console.print(table)

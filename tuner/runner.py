@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from tuner import study as studies
 from tuner.errors import StorageError
-from tuner.spec import StudySpec
+from tuner.spec import StudySpec, parse_spec
 from tuner.storage import open_storage, resolve_storage_url
 from tuner.workloads import preflight
 
@@ -27,19 +27,18 @@ def with_overrides(
     ray_address: str | None = None,
     storage: str | None = None,
 ) -> StudySpec:
-    """The spec with command-line execution settings applied (the CLI beats the file)."""
-    updates = {
-        key: value
-        for key, value in {
-            "workers": workers,
-            "ray_address": ray_address,
-            "storage": storage,
-        }.items()
-        if value is not None
-    }
+    """The spec with command-line execution settings applied (the CLI beats the file).
+
+    Raises:
+        SpecError: an override is invalid (``workers=0``), like the same key in the file.
+    """
+    updates = {"workers": workers, "ray_address": ray_address, "storage": storage}
+    updates = {key: value for key, value in updates.items() if value is not None}
     if not updates:
         return spec
-    return spec.model_copy(update={"execution": spec.execution.model_copy(update=updates)})
+    data = spec.to_dict()
+    data["execution"] = {**data["execution"], **updates}
+    return parse_spec(data, "command line")
 
 
 def _fail_orphans(study: optuna.Study, run_id: str) -> None:

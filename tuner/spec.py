@@ -133,6 +133,16 @@ class ExecutionSpec(_Model):
     gpus_per_trial: float | Literal["auto"] = "auto"
     ray_address: str | None = None
     storage: str | None = None
+    #: A running trial records a heartbeat every interval; one silent for longer than grace
+    #: (its worker died) becomes FAIL and is retried once with the same parameters.
+    heartbeat_seconds: int = Field(default=5, ge=1)
+    grace_seconds: int = Field(default=20, ge=2)
+
+    @model_validator(mode="after")
+    def _grace_outlasts_heartbeat(self) -> ExecutionSpec:
+        if self.grace_seconds <= self.heartbeat_seconds:
+            raise ValueError("grace_seconds must be longer than heartbeat_seconds")
+        return self
 
     @field_validator("gpus_per_trial")
     @classmethod

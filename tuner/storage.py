@@ -8,9 +8,14 @@ machine finds the same studies. Optuna's schema is used as it is, so optuna-dash
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
@@ -22,10 +27,67 @@ from tuner.errors import StorageError
 #: Seconds a SQLite writer waits for a lock before failing; long, because optuna-dashboard's
 #: polling and several workers share one file (optuna-dashboard issue 545).
 SQLITE_BUSY_TIMEOUT = 60
-#: Seconds between a running trial's heartbeats, and how stale one may get before its trial
-#: is failed and retried (a dead worker's trial is freed within grace).
-HEARTBEAT_INTERVAL = 5
-HEARTBEAT_GRACE = 20
+#: How long a storage call keeps retrying while the database is unreachable (a PostgreSQL
+#: restart, a failover, a SQLite writer holding the lock), and its first and longest waits.
+RECONNECT_SECONDS = 120.0
+RECONNECT_FIRST_DELAY = 0.25
+RECONNECT_MAX_DELAY = 8.0
+
+logger = logging.getLogger(__name__)
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _is_transient(error: BaseException) -> bool:
+    """A lost connection or a lock timeout, not a bad query: worth retrying."""
+    cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
+    return isinstance(cause, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
+        isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
+    )
+
+
+def _retrying(method: _Method) -> _Method:
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        delay, give_up = RECONNECT_FIRST_DELAY, time.monotonic() + RECONNECT_SECONDS
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except (
+                sqlalchemy.exc.SQLAlchemyError,
+                optuna.exceptions.StorageInternalError,
+            ) as error:
+                if not _is_transient(error) or time.monotonic() + delay > give_up:
+                    raise
+                logger.warning(
+                    "storage unreachable in %s (%s); retrying in %.2g s",
+                    method.__name__,
+                    type(error).__name__,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(2 * delay, RECONNECT_MAX_DELAY)
+
+    return call  # type: ignore[return-value]
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose calls ride out a database restart, retrying with backoff.
+
+    Optuna raises at the first lost connection, which would fail a trial (or kill a worker)
+    for a PostgreSQL restart of a few seconds. Every storage call is retried for up to
+    RECONNECT_SECONDS; the pool's pre-ping then replaces the dead connections. A retried
+    write that had in fact committed is harmless: finished trials refuse updates, which the
+    worker treats as done, and a trial claim is never granted twice.
+    """
+
+
+for _name in [
+    *(name for name in dir(optuna.storages.BaseStorage) if not name.startswith("_")),
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+]:
+    if _name not in ("check_trial_is_updatable", "remove_session"):
+        setattr(ResilientRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def default_storage_path() -> Path:
@@ -82,13 +144,16 @@ def _serialize_sqlite_writers(engine: sqlalchemy.Engine) -> None:
     engine.dispose()  # connections opened before the listener would miss it
 
 
-def open_storage(url: str, *, heartbeat: bool = False) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str, *, heartbeat: tuple[int, int] | None = None
+) -> optuna.storages.RDBStorage:
     """Open (creating if needed) the study database at `url`.
 
     Args:
         url: a SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg://…``).
-        heartbeat: turn on Optuna's trial heartbeats, for workers; a stale trial becomes
-            FAIL and is retried once with the same parameters.
+        heartbeat: (interval, grace) in seconds, for workers: Optuna's trial heartbeats are
+            recorded every interval, and a trial silent for longer than grace becomes FAIL and
+            is retried once with the same parameters.
 
     Raises:
         StorageError: the URL is malformed or the database cannot be reached.
@@ -110,14 +175,14 @@ def open_storage(url: str, *, heartbeat: bool = False) -> optuna.storages.RDBSto
     heartbeat_kwargs = {}
     if heartbeat:
         heartbeat_kwargs = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": HEARTBEAT_GRACE,
+            "heartbeat_interval": heartbeat[0],
+            "grace_period": heartbeat[1],
             "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(
                 max_retry=1
             ),
         }
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+        storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise StorageError(

@@ -1,13 +1,16 @@
 """Create or resume a study in storage from a spec: sampler, pruner, budget and provenance.
 
-The trial budget is laid down as WAITING trials ("slots") when the study is created or
-resumed. Workers only ever claim a slot, never create a trial, so a budget shared by any
-number of workers is spent exactly, and a resumed study tops the slots up to the budget.
+The trial budget is handed out as WAITING trials ("slots") numbered 0 … trials−1. Only a
+window of SLOT_WINDOW slots is laid down ahead: the worker that claims slot i lays down slot
+i + SLOT_WINDOW. Each slot is claimed exactly once (Optuna's atomic WAITING → RUNNING), so
+each successor is laid exactly once, and a budget shared by any number of workers is spent
+exactly, with no lock. Workers never create trials of their own (Optuna's ``ask()`` would).
+The window stays small because Optuna reloads every unfinished trial whenever a sampler
+reads the study.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import optuna
@@ -19,6 +22,13 @@ from tuner.spec import StudySpec
 # Heartbeat callbacks, fail_stale_trials and grouped multivariate TPE are marked experimental
 # in Optuna 5; we rely on them on purpose, so their warnings would only be noise to users.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+#: WAITING slots laid down ahead of the workers. Optuna loads each of them, attribute by
+#: attribute, every time a sampler reads the study, so the window is kept small; a worker
+#: that finds none waiting while others still run polls again shortly.
+SLOT_WINDOW = 16
+#: The system attribute holding a slot's index in the budget.
+SLOT_ATTR = "tuner:slot"
 
 #: The parts of a spec that define the search space; a resumed study must keep them.
 SEARCH_DEFINING = ("workload", "metric", "direction", "search", "optimizers")
@@ -102,39 +112,71 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
     study.set_user_attr("spec", spec.to_dict())
     study.set_user_attr("metric", spec.metric)
     if spec.budget.trials is not None:
-        laid_down = len(study.get_trials(deepcopy=False))
-        for number in range(laid_down, spec.budget.trials):
-            study.enqueue_trial(_slot_params(spec, number))
+        _lay_missing_slots(study, spec)
     return study
 
 
-def _slot_params(spec: StudySpec, number: int) -> dict[str, str]:
-    """What a budget slot fixes: nothing, or its optimizer under the grid sampler."""
-    if spec.sampler.name != "grid":
-        return {}
-    optimizers = spec.search.optimizers
-    return {"optimizer": optimizers[number % len(optimizers)]}
+def _lay_missing_slots(study: optuna.Study, spec: StudySpec) -> None:
+    """Lay the first window, and the successor of every claimed slot that lacks one.
 
-
-def claim_trial(study: optuna.Study, unbounded: bool) -> optuna.Trial | None:
-    """Claim a WAITING trial (a budget slot or a retry) atomically; None when none is left.
-
-    Optuna's ``ask()`` creates a new trial when no WAITING one is left, which would overshoot
-    a budget shared by workers; so we call its atomic pop and create a trial only when the
-    budget is a wall time alone (`unbounded`).
+    On a new study that is slots 0 … SLOT_WINDOW−1. On a resumed one it also covers a worker
+    that died between its claim and laying the next slot, and a budget that grew.
     """
-    study._thread_local.cached_all_trials = None  # see fresh trials, as ask() does
-    trial_id = study._pop_waiting_trial_id()
+    laid = {
+        _slot_of(trial.system_attrs): trial.state
+        for trial in study.get_trials(deepcopy=False)
+        if _slot_of(trial.system_attrs) is not None
+    }
+    claimed = {slot for slot, state in laid.items() if state != TrialState.WAITING}
+    for slot in range(spec.budget.trials):
+        if slot not in laid and (slot < SLOT_WINDOW or slot - SLOT_WINDOW in claimed):
+            _lay_slot(study, spec, slot)
+
+
+def _lay_slot(study: optuna.Study, spec: StudySpec, slot: int) -> None:
+    """Add the WAITING trial of budget slot `slot` (what enqueue_trial does, plus its index).
+
+    It fixes no parameter, so the sampler chooses them all, except under the grid sampler,
+    where slot i trains optimizer i mod n.
+    """
+    fixed = {}
+    if spec.sampler.name == "grid":
+        optimizers = spec.search.optimizers
+        fixed = {"optimizer": optimizers[slot % len(optimizers)]}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING, system_attrs={"fixed_params": fixed, SLOT_ATTR: slot}
+        )
+    )
+
+
+def retries(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """How many trials are retries of trials whose worker died (beyond the budget)."""
+    return sum("failed_trial" in trial.system_attrs for trial in trials)
+
+
+def claim_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
+    """Claim a WAITING trial (a slot or a retry) and lay down the slot that follows it.
+
+    Returns None when no trial is waiting; with a budget of wall time alone, a new trial is
+    created instead.
+    """
+    study._thread_local.cached_all_trials = None  # samplers see fresh trials, as in ask()
+    trial_id = study._pop_waiting_trial_id()  # Optuna's atomic claim, as ask() uses
     if trial_id is None:
-        if not unbounded:
+        if spec.budget.trials is not None:
             return None
         trial_id = study._storage.create_new_trial(study._study_id)
-    return optuna.Trial(study, trial_id)
+    trial = optuna.Trial(study, trial_id)
+    slot = _slot_of(study._storage.get_trial_system_attrs(trial_id))
+    if slot is not None and slot + SLOT_WINDOW < spec.budget.trials:
+        _lay_slot(study, spec, slot + SLOT_WINDOW)
+    return trial
 
 
-def spec_json(spec: StudySpec) -> str:
-    """The spec as compact JSON, what workers receive."""
-    return json.dumps(spec.to_dict(), separators=(",", ":"))
+def _slot_of(system_attrs: dict) -> int | None:
+    """A trial's budget slot; None for a retry, whose copied attributes name its original's."""
+    return None if "failed_trial" in system_attrs else system_attrs.get(SLOT_ATTR)
 
 
 def count_states(trials: list[optuna.trial.FrozenTrial]) -> dict[TrialState, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,9 @@ CANCEL_GRACE_SECONDS = 5.0
 def _worker_task(
     spec_data: dict[str, Any], storage_url: str, deadline: float | None, name: str, threads: int
 ) -> WorkerSummary:
-    return run_worker(StudySpec.model_validate(spec_data), storage_url, deadline, name, threads)
+    node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    spec = StudySpec.model_validate(spec_data)
+    return run_worker(spec, storage_url, deadline, name, threads, node)
 
 
 def gpus_per_worker(requested: float | str, workers: int) -> float:

@@ -30,6 +30,9 @@ from tuner.train import TrainingRecord, TrialDiverged, pick_device, train, trial
 
 logger = logging.getLogger(__name__)
 
+#: How often a worker with nothing to claim looks again while other trials still run.
+IDLE_POLL_SECONDS = 0.5
+
 
 @dataclass
 class WorkerSummary:
@@ -126,14 +129,23 @@ def _finish(
         logger.warning("trial %d was finished by another process", trial.number)
 
 
+def _others_running(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
 def run_worker(
     spec: StudySpec,
     storage_url: str,
     deadline: float | None = None,
     worker: str | None = None,
     threads: int | None = None,
+    node: str | None = None,
 ) -> WorkerSummary:
     """Loop over trials of the spec's study until its budget or `deadline` (epoch seconds) ends.
+
+    When no trial is left to claim but others are still running, the worker waits up to one
+    grace period for them: if one's worker has died, its trial goes stale and its retry is
+    claimed here instead of being left for nobody.
 
     Args:
         spec: the validated study spec (the study must already exist in storage).
@@ -141,21 +153,35 @@ def run_worker(
         deadline: stop claiming trials after this time.
         worker: a name recorded on each trial (host:pid by default).
         threads: torch CPU threads for this worker (its share of the cores).
+        node: the machine recorded on each trial (the host name by default).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads:
         torch.set_num_threads(threads)
     summary = WorkerSummary(worker or f"{socket.gethostname()}:{os.getpid()}")
-    storage = open_storage(storage_url, heartbeat=True)
+    execution = spec.execution
+    storage = open_storage(
+        storage_url, heartbeat=(execution.heartbeat_seconds, execution.grace_seconds)
+    )
     study = studies.load(spec, storage)
-    unbounded = spec.budget.trials is None
+    idle_since: float | None = None
     while deadline is None or time.time() < deadline:
         optuna.storages.fail_stale_trials(study)
-        trial = studies.claim_trial(study, unbounded)
+        trial = studies.claim_trial(study, spec)
         if trial is None:
-            break
-        trial.set_user_attr("worker", summary.worker)
+            idle_since = idle_since or time.monotonic()
+            waited = time.monotonic() - idle_since
+            if (
+                not _others_running(study)
+                or waited > execution.grace_seconds + execution.heartbeat_seconds
+            ):
+                break
+            time.sleep(IDLE_POLL_SECONDS)
+            continue
+        idle_since = None
         with heartbeat(storage, trial._trial_id):
+            trial.set_user_attr("worker", summary.worker)
+            trial.set_user_attr("node", node or socket.gethostname())
             run_trial(study, trial, spec)
         summary.trials += 1
     return summary

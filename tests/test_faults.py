@@ -1,0 +1,280 @@
+"""Faults a study survives, each shown against real processes, databases and Ray nodes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner import study as studies
+from tuner.spec import StudySpec, parse_spec
+from tuner.storage import open_storage
+
+ROOT = Path(__file__).parent.parent
+QUICKSTART = ROOT / "studies" / "quickstart.toml"
+FAST_HEARTBEAT = {"heartbeat_seconds": 1, "grace_seconds": 3}
+
+
+def slow_spec(name: str, trials: int, epochs: int = 20, **execution: Any) -> StudySpec:
+    """Rosenbrock trials of about a second each, with pruning off so none ends early."""
+    return parse_spec(
+        {
+            "name": name,
+            "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": 200}},
+            "search": {"optimizers": ["adam", "momentum"], "weight_decay": "off"},
+            "optimizers": {"momentum": {"learning_rate": [1e-5, 1e-3]}},
+            "budget": {"trials": trials, "epochs": epochs},
+            "pruner": {"name": "none"},
+            "execution": {**FAST_HEARTBEAT, **execution},
+        }
+    )
+
+
+def tuner_process(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuner.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    limit = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > limit:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def trials_of(name: str, url: str) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def assert_finished_with_retries(trials: list[FrozenTrial], budget: int) -> list[FrozenTrial]:
+    """All finished; the budget spent exactly, plus one retry per trial lost to a dead worker."""
+    assert all(trial.state.is_finished() for trial in trials), [t.state for t in trials]
+    retries = [trial for trial in trials if "failed_trial" in trial.system_attrs]
+    assert len(trials) == budget + len(retries)
+    assert sorted(trial.number for trial in trials) == list(range(len(trials)))
+    by_number = {trial.number: trial for trial in trials}
+    for retry in retries:
+        original = by_number[retry.system_attrs["failed_trial"]]
+        assert original.state == TrialState.FAIL
+        assert retry.params == original.params
+    return retries
+
+
+def test_sigkilled_worker_trial_fails_and_is_retried_with_the_same_parameters(
+    storage_url: str, study_name: str
+) -> None:
+    spec = slow_spec(study_name, trials=4)
+    studies.create_or_resume(spec, open_storage(storage_url))
+    victim = tuner_process("worker", study_name, "--storage", storage_url, "--name", "victim")
+
+    def victim_mid_trial() -> bool:
+        return any(
+            trial.state == TrialState.RUNNING
+            and trial.user_attrs.get("worker") == "victim"
+            and trial.intermediate_values
+            for trial in trials_of(study_name, storage_url)
+        )
+
+    wait_for(victim_mid_trial, 60, "the victim to be in the middle of a trial")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    (killed,) = [t for t in trials_of(study_name, storage_url) if t.state == TrialState.RUNNING]
+
+    rescuer = tuner_process("worker", study_name, "--storage", storage_url, "--name", "rescuer")
+    assert rescuer.wait(timeout=120) == 0, rescuer.stderr.read()
+    trials = trials_of(study_name, storage_url)
+    (retry,) = assert_finished_with_retries(trials, budget=4)
+    assert retry.system_attrs["failed_trial"] == killed.number
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["worker"] == "rescuer"
+
+
+@pytest.mark.ray
+def test_killed_driver_stops_its_workers_and_a_new_run_finishes_the_budget(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    args = [
+        "run",
+        str(QUICKSTART),
+        "--storage",
+        url,
+        "--trials",
+        "30",
+        "--set",
+        "budget.epochs=40",
+        "--set",
+        "pruner.name='none'",
+        "--set",
+        "execution.heartbeat_seconds=1",
+        "--set",
+        "execution.grace_seconds=3",
+    ]
+    driver = tuner_process(*args)
+
+    def some_complete() -> bool:
+        try:
+            return any(t.state == TrialState.COMPLETE for t in trials_of("quickstart", url))
+        except KeyError:
+            return False
+
+    wait_for(some_complete, 120, "the first trial to complete")
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    time.sleep(3)
+    finished = sum(t.state.is_finished() for t in trials_of("quickstart", url))
+    time.sleep(3)
+    assert sum(t.state.is_finished() for t in trials_of("quickstart", url)) == finished, (
+        "workers went on after their driver was killed"
+    )
+    assert finished < 30
+
+    resumed = tuner_process(*args)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert_finished_with_retries(trials_of("quickstart", url), budget=30)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_sixteen_workers_spend_a_thousand_trial_budget_exactly(postgres_url: str) -> None:
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    spec = parse_spec(
+        {
+            "name": name,
+            "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": 1}},
+            "search": {"optimizers": ["sgd", "adam"], "weight_decay": "off"},
+            "budget": {"trials": 1000, "epochs": 1},
+            "sampler": {"name": "random"},
+            "pruner": {"name": "none"},
+        }
+    )
+    studies.create_or_resume(spec, open_storage(postgres_url))
+    try:
+        workers = [
+            tuner_process(
+                "worker", name, "--storage", postgres_url, "--name", f"w{i}", "--threads", "1"
+            )
+            for i in range(16)
+        ]
+        for worker in workers:
+            assert worker.wait(timeout=600) == 0, worker.stderr.read()
+        trials = trials_of(name, postgres_url)
+        assert sorted(trial.number for trial in trials) == list(range(1000))
+        assert {trial.state for trial in trials} == {TrialState.COMPLETE}
+        assert len({trial.user_attrs["worker"] for trial in trials}) > 1
+    finally:
+        optuna.delete_study(study_name=name, storage=postgres_url)
+
+
+def _restart_postgres() -> None:
+    (version,) = os.listdir("/etc/postgresql")
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_workers_ride_out_a_postgres_restart(postgres_url: str) -> None:
+    if (
+        not shutil.which("pg_ctlcluster")
+        or os.geteuid() != 0
+        or not os.path.isdir("/etc/postgresql")
+    ):
+        if os.environ.get("TUNER_REQUIRE_POSTGRES"):
+            pytest.fail("CI must be able to restart the local PostgreSQL (pg_ctlcluster as root)")
+        pytest.skip("restarting PostgreSQL needs pg_ctlcluster, root and a local cluster")
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    spec = slow_spec(name, trials=24, epochs=4, heartbeat_seconds=2, grace_seconds=30)
+    studies.create_or_resume(spec, open_storage(postgres_url))
+    try:
+        workers = [tuner_process("worker", name, "--storage", postgres_url) for _ in range(2)]
+        wait_for(
+            lambda: sum(t.state.is_finished() for t in trials_of(name, postgres_url)) >= 4,
+            120,
+            "some trials to finish",
+        )
+        _restart_postgres()
+        for worker in workers:
+            assert worker.wait(timeout=300) == 0, worker.stderr.read()
+        trials = trials_of(name, postgres_url)
+        assert sorted(trial.number for trial in trials) == list(range(24))
+        assert {trial.state for trial in trials} == {TrialState.COMPLETE}
+    finally:
+        optuna.delete_study(study_name=name, storage=postgres_url)
+
+
+@pytest.mark.ray
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_losing_a_ray_node_fails_its_trial_and_the_study_finishes(postgres_url: str) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import tuner
+    from tuner.runner import with_overrides
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    doomed = cluster.add_node(num_cpus=1)
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        spec = with_overrides(
+            slow_spec(name, trials=8, workers=2, gpus_per_trial=0.0),
+            storage=postgres_url,
+            ray_address=cluster.address,
+        )
+        errors: list[BaseException] = []
+
+        def drive() -> None:
+            try:
+                tuner.run(spec)
+            except BaseException as error:
+                errors.append(error)
+
+        driver = threading.Thread(target=drive)
+        driver.start()
+
+        def both_nodes_busy() -> bool:
+            try:
+                running = [
+                    t for t in trials_of(name, postgres_url) if t.state == TrialState.RUNNING
+                ]
+            except KeyError:
+                return False
+            return len({t.user_attrs.get("node") for t in running if t.intermediate_values}) == 2
+
+        wait_for(both_nodes_busy, 120, "a trial running on each node")
+        cluster.remove_node(doomed)
+        driver.join(timeout=300)
+        assert not driver.is_alive() and not errors, errors
+        retries = assert_finished_with_retries(trials_of(name, postgres_url), budget=8)
+        assert len(retries) == 1
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if name in optuna.get_all_study_names(postgres_url):
+            optuna.delete_study(study_name=name, storage=postgres_url)
