@@ -24,10 +24,10 @@ demo: venv
 	cd /tmp && $(CURDIR)/$(BIN)/python -c "import tuner; print(tuner.best_config('quickstart'))"
 
 test: venv
-	$(BIN)/ruff check tuner tests
-	$(BIN)/ruff format --check tuner tests
+	$(BIN)/ruff check tuner tests bench
+	$(BIN)/ruff format --check tuner tests bench
 	$(BIN)/python -m pytest -q
 
 lint: venv
-	$(BIN)/ruff check --fix tuner tests
-	$(BIN)/ruff format tuner tests
+	$(BIN)/ruff check --fix tuner tests bench
+	$(BIN)/ruff format tuner tests bench

@@ -125,6 +125,18 @@ def test_status_shows_states_best_and_throughput(
     assert f"{study.best_value:.5g}" in out
 
 
+def test_report_on_an_empty_or_unknown_study_exits_2(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    optuna.create_study(study_name="empty", storage=sqlite_url)
+    out = tmp_path / "report"
+    assert main(["report", "empty", "--storage", sqlite_url, "--out", str(out)]) == 2
+    assert "no completed trial" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+    assert main(["report", "absent", "--storage", sqlite_url, "--out", str(out)]) == 2
+    assert "no study named 'absent'" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["run"])

@@ -117,6 +117,12 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from tuner.report import command
+
+    return command(args)
+
+
 def _data_fetch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -179,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("study", help="the study's name")
     status.add_argument("--storage", help=storage_help)
     status.set_defaults(handler=_status)
+
+    report = commands.add_parser(
+        "report", help="write a static HTML report with PNG plots comparing the optimizers"
+    )
+    report.add_argument("study", help="the study's name")
+    report.add_argument("--out", default="report", help="folder for index.html and the PNGs")
+    report.add_argument("--storage", help=storage_help)
+    report.set_defaults(handler=_report)
 
     data = commands.add_parser("data", help="data sets for the CNN workloads")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tuner.config import TrainingConfig
 from tuner.results import best_trials_by_optimizer, trial_config, trial_optimizer
 from tuner.study import count_states, retries
 
@@ -80,7 +81,8 @@ class StudyProgress:
         )
 
 
-def _knobs(config) -> str:
+def describe_config(config: TrainingConfig | None) -> str:
+    """A configuration on one line: lr, momentum, other knobs, schedule, clipping, batch."""
     if config is None:
         return ""
     parts = [f"lr={config.learning_rate:.3g}"]
@@ -125,7 +127,7 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
     best = next(iter(per_optimizer.values()))
     console.print(
         f"Best: trial {best.number}, {metric} = [bold green]{format_value(best.value)}[/] with "
-        f"[bold]{trial_optimizer(best)}[/] ({_knobs(trial_config(best))})"
+        f"[bold]{trial_optimizer(best)}[/] ({describe_config(trial_config(best))})"
     )
     by_type: dict[str, dict[TrialState, int]] = {}
     for trial in trials:
@@ -153,7 +155,7 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
             str(counts_of.get(TrialState.COMPLETE, 0)),
             str(counts_of.get(TrialState.PRUNED, 0)),
             str(counts_of.get(TrialState.FAIL, 0)),
-            _knobs(trial_config(trial)) if trial else "",
+            describe_config(trial_config(trial)) if trial else "",
         )
     console.print(table)
     # soft_wrap: a path or URL broken over two lines cannot be copied.

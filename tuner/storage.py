@@ -80,14 +80,30 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     worker treats as done, and a trial claim is never granted twice.
     """
 
+    def set_trial_user_attrs(self, trial_id: int, attributes: dict[str, Any]) -> None:
+        """Several user attributes in one transaction (Optuna writes one per transaction).
+
+        Built from RDBStorage's own helpers, so the rows are exactly what
+        ``set_trial_user_attr`` writes, and a finished trial is refused the same way.
+        """
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session, True) as session:
+            for key, value in attributes.items():
+                self._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial_id, key, value
+                )
+
 
 for _name in [
     *(name for name in dir(optuna.storages.BaseStorage) if not name.startswith("_")),
+    "set_trial_user_attrs",
     "record_heartbeat",
     "_get_stale_trial_ids",
 ]:
     if _name not in ("check_trial_is_updatable", "remove_session"):
-        setattr(ResilientRDBStorage, _name, _retrying(getattr(optuna.storages.RDBStorage, _name)))
+        setattr(ResilientRDBStorage, _name, _retrying(getattr(ResilientRDBStorage, _name)))
 
 
 def default_storage_path() -> Path:
@@ -115,6 +131,11 @@ def mask_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except sqlalchemy.exc.ArgumentError:
         return url.split("@")[-1] if "@" in url else url
+
+
+def rdb_backend(storage: optuna.storages.BaseStorage) -> ResilientRDBStorage:
+    """Our RDBStorage under the cache layer Optuna wraps it in when a study loads it."""
+    return getattr(storage, "_backend", storage)
 
 
 def _prepare_sqlite(url: sqlalchemy.URL) -> dict:

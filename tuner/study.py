@@ -1,37 +1,43 @@
 """Create or resume a study in storage from a spec: sampler, pruner, budget and provenance.
 
-The trial budget is handed out as WAITING trials ("slots") numbered 0 … trials−1. Only a
-window of SLOT_WINDOW slots is laid down ahead: the worker that claims slot i lays down slot
-i + SLOT_WINDOW. Each slot is claimed exactly once (Optuna's atomic WAITING → RUNNING), so
-each successor is laid exactly once, and a budget shared by any number of workers is spent
-exactly, with no lock. Workers never create trials of their own (Optuna's ``ask()`` would).
-The window stays small because Optuna reloads every unfinished trial whenever a sampler
-reads the study.
+Workers share the trial budget exactly. A worker first claims a WAITING trial (a retry of a
+trial whose worker died) with Optuna's atomic pop; otherwise, under a short study-wide lock,
+it counts the trials made so far and creates one only while the budget allows. Optuna's
+``ask()`` creates a trial unconditionally, which would overshoot a shared budget. (Laying the
+budget down as WAITING trials instead made every trial several times dearer: Optuna reloads
+all unfinished trials whenever a sampler reads the study.)
 """
 
 from __future__ import annotations
 
+import fcntl
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 from tuner.errors import SpecError
 from tuner.spec import StudySpec
+from tuner.storage import rdb_backend
 
 # Heartbeat callbacks, fail_stale_trials and grouped multivariate TPE are marked experimental
 # in Optuna 5; we rely on them on purpose, so their warnings would only be noise to users.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-#: WAITING slots laid down ahead of the workers. Optuna loads each of them, attribute by
-#: attribute, every time a sampler reads the study, so the window is kept small; a worker
-#: that finds none waiting while others still run polls again shortly.
-SLOT_WINDOW = 16
-#: The system attribute holding a slot's index in the budget.
-SLOT_ATTR = "tuner:slot"
-
 #: The parts of a spec that define the search space; a resumed study must keep them.
 SEARCH_DEFINING = ("workload", "metric", "direction", "search", "optimizers")
+#: Namespace of the PostgreSQL advisory lock keys (the study id is added): "tuner" in ASCII.
+_LOCK_NAMESPACE = 0x74756E6572 << 16
+# Hand-written SQL on Optuna's schema: Optuna offers no count of a study's trials that leaves
+# out retries, and loading the trials to count them would cost what this module avoids.
+_COUNT_BUDGET_TRIALS = sqlalchemy.text(
+    "SELECT count(*) FROM trials t WHERE t.study_id = :study_id AND NOT EXISTS ("
+    "SELECT 1 FROM trial_system_attributes a WHERE a.trial_id = t.trial_id "
+    "AND a.key = 'failed_trial')"
+)
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -43,7 +49,7 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
         )
-    if name in ("random", "grid"):  # grid: the optimizer is fixed per trial at enqueue time
+    if name in ("random", "grid"):  # grid: claim_trial fixes the optimizer
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(
@@ -111,72 +117,81 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
     )
     study.set_user_attr("spec", spec.to_dict())
     study.set_user_attr("metric", spec.metric)
-    if spec.budget.trials is not None:
-        _lay_missing_slots(study, spec)
+    if spec.name not in existing:
+        from tuner.dashboard import write_study_note
+
+        write_study_note(study, spec)  # the dashboard's note, written once, when created
     return study
 
 
-def _lay_missing_slots(study: optuna.Study, spec: StudySpec) -> None:
-    """Lay the first window, and the successor of every claimed slot that lacks one.
+@contextmanager
+def _budget_lock(engine: sqlalchemy.Engine, study_id: int) -> Iterator[None]:
+    """Serialise count-then-create across every worker of a study, wherever it runs.
 
-    On a new study that is slots 0 … SLOT_WINDOW−1. On a resumed one it also covers a worker
-    that died between its claim and laying the next slot, and a budget that grew.
+    PostgreSQL: a session advisory lock, which the server releases if its holder dies.
+    SQLite (one machine): an exclusive flock on a file beside the database, which the kernel
+    releases if its holder dies; no SQLite transaction is held meanwhile. MySQL: a named lock.
     """
-    laid = {
-        _slot_of(trial.system_attrs): trial.state
-        for trial in study.get_trials(deepcopy=False)
-        if _slot_of(trial.system_attrs) is not None
-    }
-    claimed = {slot for slot, state in laid.items() if state != TrialState.WAITING}
-    for slot in range(spec.budget.trials):
-        if slot not in laid and (slot < SLOT_WINDOW or slot - SLOT_WINDOW in claimed):
-            _lay_slot(study, spec, slot)
+    if engine.dialect.name == "sqlite":
+        with open(f"{engine.url.database}.budget-lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            yield
+        return
+    key = _LOCK_NAMESPACE + study_id
+    lock, unlock = {
+        "postgresql": ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"),
+        "mysql": (
+            "SELECT GET_LOCK(CONCAT('tuner-', :key), -1)",
+            "SELECT RELEASE_LOCK(CONCAT('tuner-', :key))",
+        ),
+    }[engine.dialect.name]
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(lock), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(sqlalchemy.text(unlock), {"key": key})
+            connection.commit()
 
 
-def _lay_slot(study: optuna.Study, spec: StudySpec, slot: int) -> None:
-    """Add the WAITING trial of budget slot `slot` (what enqueue_trial does, plus its index).
+def _count_budget_trials(engine: sqlalchemy.Engine, study_id: int) -> int:
+    with engine.connect() as connection:  # its own short transaction, ended on close
+        return connection.execute(_COUNT_BUDGET_TRIALS, {"study_id": study_id}).scalar_one()
 
-    It fixes no parameter, so the sampler chooses them all, except under the grid sampler,
-    where slot i trains optimizer i mod n.
+
+def claim_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
+    """A trial for this worker: a waiting retry, else a new one while the budget lasts.
+
+    Returns None once ``[budget] trials`` trials have been handed out (retries not counted).
     """
+    study._thread_local.cached_all_trials = None  # samplers see fresh trials, as in ask()
+    trial_id = study._pop_waiting_trial_id()  # Optuna's atomic claim, as ask() uses
+    if trial_id is None:
+        engine = rdb_backend(study._storage).engine
+        with _budget_lock(engine, study._study_id):
+            index = _count_budget_trials(engine, study._study_id)
+            if spec.budget.trials is not None and index >= spec.budget.trials:
+                return None
+            trial_id = study._storage.create_new_trial(
+                study._study_id, template_trial=_new_trial(spec, index)
+            )
+    return optuna.Trial(study, trial_id)
+
+
+def _new_trial(spec: StudySpec, index: int) -> optuna.trial.FrozenTrial:
+    """A RUNNING trial fixing no parameter, except under the grid sampler, where the budget's
+    index-th trial trains optimizer index mod n."""
     fixed = {}
     if spec.sampler.name == "grid":
         optimizers = spec.search.optimizers
-        fixed = {"optimizer": optimizers[slot % len(optimizers)]}
-    study.add_trial(
-        optuna.trial.create_trial(
-            state=TrialState.WAITING, system_attrs={"fixed_params": fixed, SLOT_ATTR: slot}
-        )
-    )
+        fixed = {"optimizer": optimizers[index % len(optimizers)]}
+    return optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={"fixed_params": fixed})
 
 
 def retries(trials: list[optuna.trial.FrozenTrial]) -> int:
     """How many trials are retries of trials whose worker died (beyond the budget)."""
     return sum("failed_trial" in trial.system_attrs for trial in trials)
-
-
-def claim_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
-    """Claim a WAITING trial (a slot or a retry) and lay down the slot that follows it.
-
-    Returns None when no trial is waiting; with a budget of wall time alone, a new trial is
-    created instead.
-    """
-    study._thread_local.cached_all_trials = None  # samplers see fresh trials, as in ask()
-    trial_id = study._pop_waiting_trial_id()  # Optuna's atomic claim, as ask() uses
-    if trial_id is None:
-        if spec.budget.trials is not None:
-            return None
-        trial_id = study._storage.create_new_trial(study._study_id)
-    trial = optuna.Trial(study, trial_id)
-    slot = _slot_of(study._storage.get_trial_system_attrs(trial_id))
-    if slot is not None and slot + SLOT_WINDOW < spec.budget.trials:
-        _lay_slot(study, spec, slot + SLOT_WINDOW)
-    return trial
-
-
-def _slot_of(system_attrs: dict) -> int | None:
-    """A trial's budget slot; None for a retry, whose copied attributes name its original's."""
-    return None if "failed_trial" in system_attrs else system_attrs.get(SLOT_ATTR)
 
 
 def count_states(trials: list[optuna.trial.FrozenTrial]) -> dict[TrialState, int]:

@@ -23,9 +23,10 @@ import torch
 from optuna.trial import TrialState
 
 from tuner import study as studies
+from tuner.dashboard import upload_learning_curve
 from tuner.space import sample_config
 from tuner.spec import StudySpec
-from tuner.storage import open_storage
+from tuner.storage import open_storage, rdb_backend
 from tuner.train import TrainingRecord, TrialDiverged, pick_device, train, trial_seed
 
 logger = logging.getLogger(__name__)
@@ -118,9 +119,9 @@ def _finish(
     }
     if reason:
         attributes["fail_reason"] = reason
+    upload_learning_curve(trial, state, record.curve)  # before tell: finished trials are frozen
     try:
-        for key, attribute in attributes.items():
-            trial.set_user_attr(key, attribute)
+        rdb_backend(trial.storage).set_trial_user_attrs(trial._trial_id, attributes)
         # A pruned trial keeps its last reported value, as in study.optimize().
         study.tell(trial, value if state is TrialState.COMPLETE else None, state=state)
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -180,8 +181,9 @@ def run_worker(
             continue
         idle_since = None
         with heartbeat(storage, trial._trial_id):
-            trial.set_user_attr("worker", summary.worker)
-            trial.set_user_attr("node", node or socket.gethostname())
+            storage.set_trial_user_attrs(
+                trial._trial_id, {"worker": summary.worker, "node": node or socket.gethostname()}
+            )
             run_trial(study, trial, spec)
         summary.trials += 1
     return summary

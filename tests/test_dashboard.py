@@ -1,0 +1,366 @@
+"""`tuner dashboard`: the real optuna-dashboard on a real study, seen through a headless browser.
+
+The browser is Debian's chromium (``apt-get install chromium``) driven by Playwright; without
+it the browser test skips with the reason, except in CI (``CI`` set), where it fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner import study as studies
+from tuner.dashboard import artifact_dir
+from tuner.execution.worker import run_worker
+from tuner.spec import StudySpec, parse_spec
+from tuner.storage import open_storage
+
+ROOT = Path(__file__).parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WORKER = [sys.executable, "-m", "tuner.cli", "worker"]
+#: What `tuner dashboard` does, for as long as tuner.cli lacks the command.
+LAUNCHER = """\
+import argparse, sys
+from tuner.dashboard import add_arguments, command
+from tuner.errors import TunerError
+parser = argparse.ArgumentParser(prog="tuner dashboard")
+add_arguments(parser)
+try:
+    sys.exit(command(parser.parse_args(sys.argv[1:])))
+except TunerError as error:
+    print(f"tuner: error: {error}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def dashboard_command() -> list[str]:
+    """``tuner dashboard`` through the CLI once it has the command, else the same via -c."""
+    from tuner.cli import build_parser
+
+    commands = next(
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    if "dashboard" in commands.choices:
+        return [sys.executable, "-m", "tuner.cli", "dashboard"]
+    return [sys.executable, "-c", LAUNCHER]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 30.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End a process this test started: politely, then for sure."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def dashboard(storage_url: str, log: Path) -> Iterator[str]:
+    """`tuner dashboard` on a free port, as a real process; yields its address once it answers.
+
+    Its output goes to `log` (a file, not a pipe, which could fill up and block it).
+    """
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            [*dashboard_command(), "--storage", storage_url, "--port", str(port)],
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            limit = time.monotonic() + 60
+            while True:
+                if process.poll() is not None:
+                    raise AssertionError(f"tuner dashboard exited early: {log.read_text()}")
+                try:
+                    get_json(f"{base}/api/meta", timeout=2)
+                    break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    if time.monotonic() > limit:
+                        raise AssertionError("tuner dashboard did not answer in 60 s") from None
+                    time.sleep(0.2)
+            yield base
+        finally:
+            stop(process)
+
+
+def rosenbrock_spec(name: str, trials: int, **budget: int) -> StudySpec:
+    return parse_spec(
+        {
+            "name": name,
+            "description": "Which optimizer gets down Rosenbrock's valley?",
+            "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": 50}},
+            "search": {
+                "optimizers": ["sgd", "adam", "rmsprop"],
+                "weight_decay": "off",
+                "grad_clipping": "search",
+            },
+            # Below Rosenbrock's divergence for plain SGD, so every trial completes; the
+            # learning-rate range still differs per optimizer (conditional parameters).
+            "optimizers": {"sgd": {"learning_rate": [1e-5, 1e-3]}},
+            "budget": {"trials": trials, "epochs": 3, **budget},
+            "sampler": {"name": "random"},
+            "pruner": {"name": "none"},
+        }
+    )
+
+
+def study_id(base: str, name: str) -> int:
+    summaries = get_json(f"{base}/api/studies")["study_summaries"]
+    return next(summary["study_id"] for summary in summaries if summary["study_name"] == name)
+
+
+@pytest.fixture
+def finished_study(sqlite_url: str) -> str:
+    """A finished Rosenbrock study of four optimizers: each trial COMPLETE, with its curve."""
+    spec = rosenbrock_spec("valley", trials=16)
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    run_worker(spec, sqlite_url)
+    return sqlite_url
+
+
+@pytest.fixture
+def chromium() -> Iterator:
+    """A headless Debian chromium under Playwright; skips without it (fails in CI)."""
+    if not CHROMIUM.exists():
+        reason = (
+            f"{CHROMIUM} is missing: apt-get update && DEBIAN_FRONTEND=noninteractive "
+            "apt-get install -y --no-install-recommends chromium"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_the_study_its_importances_note_and_curves_show_in_a_browser(
+    chromium, finished_study: str, tmp_path: Path
+) -> None:
+    with dashboard(finished_study, tmp_path / "dashboard.log") as base:
+        identifier = study_id(base, "valley")
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+
+        # The study's page: its history and its hyperparameter-importance chart, whose bars
+        # are the parameter names, drawn once the dashboard has computed PED-ANOVA.
+        page.goto(f"{base}/dashboard/studies/{identifier}")
+        bars = page.wait_for_function(
+            """() => {
+                const plot = [...document.querySelectorAll('.js-plotly-plot')].find(
+                    p => p.textContent.includes('Hyperparameter Importance')
+                         && p.querySelector('.ytick'));
+                return plot && [...plot.querySelectorAll('.ytick text')].map(t => t.textContent);
+            }""",
+            timeout=30_000,
+        ).json_value()
+        assert {"learning_rate", "optimizer"} <= set(bars), bars
+        assert page.get_by_text("valley (id=").count() > 0  # the study's own page
+        page.screenshot(path=tmp_path / "study.png")
+        chart = page.locator(".js-plotly-plot", has_text="Hyperparameter Importance").first
+        chart.screenshot(path=tmp_path / "importance.png")
+
+        # The note written when the study was created, rendered as the dashboard shows it.
+        page.goto(f"{base}/dashboard/studies/{identifier}/note")
+        page.get_by_text("Rosenbrock's valley from (-1, 1)").first.wait_for(timeout=15_000)
+        note = page.inner_text("body")
+        for words in ("rmsprop", "learning rate 0.0001 – 0.1", "16 trials", "Pruner: none"):
+            assert words in note, words
+        page.screenshot(path=tmp_path / "note.png")
+
+        # A trial's learning curve: shown on its page as an image the dashboard serves.
+        page.goto(f"{base}/dashboard/studies/{identifier}/trials")
+        image = page.locator("img[src*='/artifacts/']").first
+        image.wait_for(timeout=15_000)
+        response = page.request.get(base + image.get_attribute("src"))
+        assert response.status == 200
+        assert response.headers["content-type"] == "image/png"
+        assert response.body().startswith(b"\x89PNG") and len(response.body()) < 20_000
+        page.screenshot(path=tmp_path / "trials.png")
+        assert not errors, errors
+    # Every COMPLETE trial has its curve, in the folder next to the database.
+    trials = optuna.load_study(study_name="valley", storage=finished_study).trials
+    assert all(trial.state == TrialState.COMPLETE for trial in trials)
+    assert all(
+        sum(key.startswith("artifacts:") for key in trial.system_attrs) == 1 for trial in trials
+    )
+    assert len(list((tmp_path / "artifacts").iterdir())) == len(trials)
+    printed = (tmp_path / "dashboard.log").read_text()
+    assert f"{base}/dashboard" in printed and "studies.db" in printed, printed
+
+
+def test_the_note_and_curves_through_the_dashboard_api(finished_study: str, tmp_path: Path) -> None:
+    with dashboard(finished_study, tmp_path / "dashboard.log") as base:
+        detail = get_json(f"{base}/api/studies/{study_id(base, 'valley')}")
+        note = detail["note"]["body"]
+        assert note.startswith("# valley\n\nWhich optimizer gets down Rosenbrock's valley?")
+        assert "`loss`, minimized" in note and "Sampler: random sampling; seed 0" in note
+        trial = detail["trials"][0]
+        (artifact,) = trial["artifacts"]
+        assert artifact["filename"] == f"learning_curve_trial_{trial['number']}.png"
+        url = f"{base}/artifacts/{trial['study_id']}/{trial['trial_id']}/{artifact['artifact_id']}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.headers["Content-Type"] == "image/png"
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_resumed_study_keeps_its_note(sqlite_url: str) -> None:
+    spec = rosenbrock_spec("valley", trials=2)
+    study = studies.create_or_resume(spec, open_storage(sqlite_url))
+    from optuna_dashboard import get_note, save_note
+
+    save_note(study, "my own words")  # a person edited the note in the dashboard
+    resumed = studies.create_or_resume(spec, open_storage(sqlite_url))
+    assert get_note(resumed) == "my own words"
+
+
+def test_a_curve_that_cannot_be_stored_never_fails_its_trial(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "artifacts").write_text("a file where the artifact folder should be")
+    spec = rosenbrock_spec("valley", trials=2)
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    run_worker(spec, sqlite_url)
+    trials = optuna.load_study(study_name="valley", storage=sqlite_url).trials
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 2
+    assert not any(key.startswith("artifacts:") for t in trials for key in t.system_attrs)
+    assert "learning-curve artifact not uploaded" in caplog.text
+
+
+def test_where_artifacts_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert artifact_dir(f"sqlite:///{tmp_path}/db/studies.db") == tmp_path / "db" / "artifacts"
+    postgres = "postgresql+psycopg://tuner:secret@db.cluster/studies"
+    assert artifact_dir(postgres) == tmp_path / "data" / "tuner" / "artifacts"  # XDG_DATA_HOME
+    monkeypatch.setenv("TUNER_ARTIFACT_DIR", str(tmp_path / "shared"))
+    assert artifact_dir(postgres) == tmp_path / "shared"
+    assert artifact_dir("sqlite:///:memory:") == tmp_path / "shared"
+    assert artifact_dir(open_storage(f"sqlite:///{tmp_path}/studies.db")) == tmp_path / "artifacts"
+
+
+def test_a_port_in_use_is_a_clear_error(sqlite_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*dashboard_command(), "--storage", sqlite_url, "--port", str(port)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert f"port {port}" in result.stderr and "--port" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "http://" not in result.stdout
+
+
+def test_a_study_runs_clean_while_the_dashboard_polls_its_sqlite_file(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """optuna-dashboard issue 545: its polling must not fail trials with 'database is locked'."""
+    trials = 36
+    spec = rosenbrock_spec("polled", trials=trials)
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    with dashboard(sqlite_url, tmp_path / "dashboard.log") as base:
+        identifier = study_id(base, "polled")
+        pages = [
+            f"{base}/api/studies",
+            f"{base}/api/studies/{identifier}",
+            f"{base}/api/studies/{identifier}/param_importances",
+        ]
+        answers: list[int] = []
+        seen_running: list[int] = []
+        stop_polling = threading.Event()
+
+        def poll() -> None:  # the dashboard page in a browser tab, a little impatient
+            while not stop_polling.is_set():
+                for page in pages:
+                    try:
+                        with urllib.request.urlopen(page, timeout=60) as response:
+                            answers.append(response.status)
+                            if page.endswith(str(identifier)):
+                                states = [t["state"] for t in json.load(response)["trials"]]
+                                seen_running.append(states.count("Running"))
+                    except urllib.error.HTTPError as error:
+                        answers.append(error.code)
+                stop_polling.wait(0.2)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        logs = [tmp_path / f"worker-{index}.log" for index in range(2)]
+        workers: list[subprocess.Popen] = []
+        try:
+            with ExitStack() as files:
+                for log in logs:
+                    workers.append(
+                        subprocess.Popen(
+                            [*WORKER, "polled", "--storage", sqlite_url, "--threads", "1"],
+                            cwd=ROOT,
+                            stdout=files.enter_context(open(log, "w")),
+                            stderr=subprocess.STDOUT,
+                        )
+                    )
+                for worker, log in zip(workers, logs, strict=True):
+                    worker.wait(timeout=120)
+                    assert worker.returncode == 0, log.read_text()
+        finally:
+            for worker in workers:
+                stop(worker)
+            stop_polling.set()
+            poller.join(timeout=60)
+    finished = optuna.load_study(study_name="polled", storage=sqlite_url).trials
+    reasons = [trial.user_attrs.get("fail_reason", "") for trial in finished]
+    assert not any("database is locked" in reason for reason in reasons), reasons
+    assert [trial.state for trial in finished] == [TrialState.COMPLETE] * trials, reasons
+    assert set(answers) == {200}, sorted(set(answers))
+    assert len(answers) >= 20  # the dashboard was polled throughout, not once
+    assert max(seen_running, default=0) > 0  # and while trials were running
