@@ -6,7 +6,6 @@ it the browser test skips with the reason, except in CI (``CI`` set), where it f
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -25,7 +24,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tuner import study as studies
-from tuner.dashboard import artifact_dir
+from tuner.dashboard import CURVE_PLOT_MIN_SECONDS, artifact_dir
 from tuner.execution.worker import run_worker
 from tuner.spec import StudySpec, parse_spec
 from tuner.storage import open_storage
@@ -41,33 +40,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 WORKER = [sys.executable, "-m", "tuner.cli", "worker"]
-#: What `tuner dashboard` does, for as long as tuner.cli lacks the command.
-LAUNCHER = """\
-import argparse, sys
-from tuner.dashboard import add_arguments, command
-from tuner.errors import TunerError
-parser = argparse.ArgumentParser(prog="tuner dashboard")
-add_arguments(parser)
-try:
-    sys.exit(command(parser.parse_args(sys.argv[1:])))
-except TunerError as error:
-    print(f"tuner: error: {error}", file=sys.stderr)
-    sys.exit(2)
-"""
-
-
-def dashboard_command() -> list[str]:
-    """``tuner dashboard`` through the CLI once it has the command, else the same via -c."""
-    from tuner.cli import build_parser
-
-    commands = next(
-        action
-        for action in build_parser()._actions
-        if isinstance(action, argparse._SubParsersAction)
-    )
-    if "dashboard" in commands.choices:
-        return [sys.executable, "-m", "tuner.cli", "dashboard"]
-    return [sys.executable, "-c", LAUNCHER]
+DASHBOARD = [sys.executable, "-m", "tuner.cli", "dashboard"]
 
 
 def free_port() -> int:
@@ -102,7 +75,7 @@ def dashboard(storage_url: str, log: Path) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     with open(log, "w") as output:
         process = subprocess.Popen(
-            [*dashboard_command(), "--storage", storage_url, "--port", str(port)],
+            [*DASHBOARD, "--storage", storage_url, "--port", str(port)],
             cwd=ROOT,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -125,12 +98,12 @@ def dashboard(storage_url: str, log: Path) -> Iterator[str]:
             stop(process)
 
 
-def rosenbrock_spec(name: str, trials: int, **budget: int) -> StudySpec:
+def rosenbrock_spec(name: str, trials: int, steps: int = 50, **budget: int) -> StudySpec:
     return parse_spec(
         {
             "name": name,
             "description": "Which optimizer gets down Rosenbrock's valley?",
-            "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": 50}},
+            "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": steps}},
             "search": {
                 "optimizers": ["sgd", "adam", "rmsprop"],
                 "weight_decay": "off",
@@ -153,8 +126,11 @@ def study_id(base: str, name: str) -> int:
 
 @pytest.fixture
 def finished_study(sqlite_url: str) -> str:
-    """A finished Rosenbrock study of four optimizers: each trial COMPLETE, with its curve."""
-    spec = rosenbrock_spec("valley", trials=16)
+    """A finished Rosenbrock study of four optimizers: each trial COMPLETE, with its curve.
+
+    3,000 steps make each trial train for longer than CURVE_PLOT_MIN_SECONDS, so its curve
+    is a PNG plot."""
+    spec = rosenbrock_spec("valley", trials=16, steps=1000)
     studies.create_or_resume(spec, open_storage(sqlite_url))
     run_worker(spec, sqlite_url)
     return sqlite_url
@@ -243,6 +219,7 @@ def test_the_note_and_curves_through_the_dashboard_api(finished_study: str, tmp_
         note = detail["note"]["body"]
         assert note.startswith("# valley\n\nWhich optimizer gets down Rosenbrock's valley?")
         assert "`loss`, minimized" in note and "Sampler: random sampling; seed 0" in note
+        assert detail["objective_names"] == ["loss"]
         trial = detail["trials"][0]
         (artifact,) = trial["artifacts"]
         assert artifact["filename"] == f"learning_curve_trial_{trial['number']}.png"
@@ -275,6 +252,26 @@ def test_a_curve_that_cannot_be_stored_never_fails_its_trial(
     assert "learning-curve artifact not uploaded" in caplog.text
 
 
+def test_a_quick_trial_gets_its_curve_as_csv(sqlite_url: str, tmp_path: Path) -> None:
+    spec = rosenbrock_spec("quick", trials=4, steps=5)
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    run_worker(spec, sqlite_url)
+    trials = optuna.load_study(study_name="quick", storage=sqlite_url).trials
+    kinds = []
+    for trial in trials:
+        (key,) = [key for key in trial.system_attrs if key.startswith("artifacts:")]
+        artifact = json.loads(trial.system_attrs[key])
+        quick = trial.user_attrs["wall_seconds"] < CURVE_PLOT_MIN_SECONDS
+        kind = "csv" if quick else "png"
+        assert artifact["filename"] == f"learning_curve_trial_{trial.number}.{kind}"
+        kinds.append(kind)
+        if quick:
+            stored = (tmp_path / "artifacts" / artifact["artifact_id"]).read_text().splitlines()
+            assert stored[0].split(",")[:3] == ["epoch", "train_loss", "learning_rate"]
+            assert len(stored) == 1 + len(trial.user_attrs["curve"])
+    assert "csv" in kinds  # 15 steps train in far less than CURVE_PLOT_MIN_SECONDS
+
+
 def test_where_artifacts_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert artifact_dir(f"sqlite:///{tmp_path}/db/studies.db") == tmp_path / "db" / "artifacts"
     postgres = "postgresql+psycopg://tuner:secret@db.cluster/studies"
@@ -291,7 +288,7 @@ def test_a_port_in_use_is_a_clear_error(sqlite_url: str) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [*dashboard_command(), "--storage", sqlite_url, "--port", str(port)],
+            [*DASHBOARD, "--storage", sqlite_url, "--port", str(port)],
             cwd=ROOT,
             capture_output=True,
             text=True,

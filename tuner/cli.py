@@ -117,6 +117,12 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from tuner.dashboard import command
+
+    return command(args)
+
+
 def _report(args: argparse.Namespace) -> int:
     from tuner.report import command
 
@@ -185,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("study", help="the study's name")
     status.add_argument("--storage", help=storage_help)
     status.set_defaults(handler=_status)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="serve optuna-dashboard on the study database (importances, curves)"
+    )
+    dashboard.add_argument("--storage", help=storage_help)
+    dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
+    )
+    dashboard.set_defaults(handler=_dashboard)
 
     report = commands.add_parser(
         "report", help="write a static HTML report with PNG plots comparing the optimizers"

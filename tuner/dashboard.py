@@ -9,9 +9,10 @@ queues behind the workers' writes instead of failing their trials with "database
 When `tuner.study.create_or_resume` creates a study it writes the study's dashboard note
 (`write_study_note`): the workload, metric, search space, budget, sampler and pruner in words.
 
-Every COMPLETE trial gets its learning curve (train loss and validation metrics per epoch) as a
-PNG artifact of a few KB, uploaded by the worker before it tells the study the result
-(`upload_learning_curve`); a failed upload is logged and never fails the trial.
+Every COMPLETE trial gets its learning curve (train loss and validation metrics per epoch) as an
+artifact, uploaded by the worker before it tells the study the result (`upload_learning_curve`):
+a PNG plot of a few KB, or for trials quicker than the plot itself, the numbers as CSV. A failed
+upload is logged and never fails the trial.
 
 Where the artifact store lives (`artifact_dir`), the same rule for workers and the dashboard:
 
@@ -35,6 +36,7 @@ two trials are dropped with a warning.
 from __future__ import annotations
 
 import argparse
+import csv
 import errno
 import logging
 import math
@@ -61,8 +63,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
+#: Trials that trained at least this long get their learning curve as a PNG, quicker ones as CSV.
+CURVE_PLOT_MIN_SECONDS = 0.5
 #: The learning-curve plot's size: small enough for a few KB per trial.
 CURVE_FIGSIZE = (4.8, 3.0)
 CURVE_DPI = 80
@@ -131,12 +133,15 @@ def _storage_url(storage: optuna.storages.BaseStorage | None) -> str | None:
 
 
 def upload_learning_curve(
-    trial: optuna.Trial, state: TrialState, curve: list[dict[str, Any]]
+    trial: optuna.Trial, state: TrialState, curve: list[dict[str, Any]], trained_seconds: float
 ) -> str | None:
-    """Upload a COMPLETE trial's learning curve as a PNG artifact; return its artifact id.
+    """Upload a COMPLETE trial's learning curve as an artifact; return its artifact id.
 
-    Call it before telling the study (a finished trial takes no more attributes). Other
-    states, an empty curve and any failure upload nothing; a failure is logged as a warning.
+    A trial that trained for CURVE_PLOT_MIN_SECONDS or more gets a PNG plot; a quicker one
+    gets the same numbers as CSV, because drawing the plot (about 0.1 s of matplotlib) would
+    cost more than the trial itself. Call it before telling the study (a finished trial takes
+    no more attributes). Other states, an empty curve and any failure upload nothing; a
+    failure is logged as a warning.
     """
     if state is not TrialState.COMPLETE or not curve:
         return None
@@ -144,13 +149,22 @@ def upload_learning_curve(
         from optuna.artifacts import upload_artifact
 
         store = artifact_store(trial.storage)
-        title = f"trial {trial.number}"
-        optimizer = trial.params.get("optimizer")
-        if optimizer:
-            title += f": {optimizer}, lr {trial.params.get('learning_rate', float('nan')):.3g}"
         with tempfile.TemporaryDirectory(prefix="tuner-curve-") as folder:
-            path = Path(folder) / f"learning_curve_trial_{trial.number}.png"
-            plot_curve(curve, path, title)
+            stem = Path(folder) / f"learning_curve_trial_{trial.number}"
+            if trained_seconds >= CURVE_PLOT_MIN_SECONDS:
+                path = stem.with_suffix(".png")
+                title = f"trial {trial.number}"
+                optimizer = trial.params.get("optimizer")
+                if optimizer:
+                    lr = trial.params.get("learning_rate", float("nan"))
+                    title += f": {optimizer}, lr {lr:.3g}"
+                plot_curve(curve, path, title)
+            else:
+                path = stem.with_suffix(".csv")
+                with open(path, "w", newline="") as table:
+                    writer = csv.DictWriter(table, fieldnames=list(curve[-1]))
+                    writer.writeheader()
+                    writer.writerows(curve)
             return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     except Exception as error:  # the result matters more than its picture
         logger.warning(
@@ -396,10 +410,15 @@ def study_note(spec: StudySpec) -> str:
 
 
 def write_study_note(study: optuna.Study, spec: StudySpec) -> None:
-    """Write the study note that optuna-dashboard shows (call it when the study is created)."""
+    """Write the study note that optuna-dashboard shows (call it when the study is created),
+    and name the objective after the metric, so the dashboard's plots say ``loss`` rather
+    than "Objective 0"."""
     from optuna_dashboard import save_note
 
     save_note(study, study_note(spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.metric])
 
 
 # --- tuner dashboard -----------------------------------------------------------------------
@@ -439,22 +458,6 @@ def bind(host: str, port: int) -> WSGIServer:
             ) from None
         raise TunerError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     return server
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``tuner dashboard`` options."""
-    parser.add_argument(
-        "--storage",
-        help="study database URL (default: $TUNER_STORAGE, else ~/.local/share/tuner/studies.db)",
-    )
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
-    )
-    parser.add_argument(
-        "--host",
-        default=DEFAULT_HOST,
-        help=f"address to listen on (default: {DEFAULT_HOST}; 0.0.0.0 for every interface)",
-    )
 
 
 def command(args: argparse.Namespace) -> int:

@@ -119,7 +119,8 @@ def _finish(
     }
     if reason:
         attributes["fail_reason"] = reason
-    upload_learning_curve(trial, state, record.curve)  # before tell: finished trials are frozen
+    # Before tell: a finished trial takes no more attributes.
+    upload_learning_curve(trial, state, record.curve, attributes["wall_seconds"])
     try:
         rdb_backend(trial.storage).set_trial_user_attrs(trial._trial_id, attributes)
         # A pruned trial keeps its last reported value, as in study.optimize().
