@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 import tuner
 from tuner.runner import with_overrides
 from tuner.spec import parse_spec
+from tuner.storage import open_storage
 
 pytestmark = pytest.mark.ray
 
@@ -30,7 +31,7 @@ def test_run_spends_the_budget_with_ray_workers(
         with_overrides(spec, storage=storage_url),
         on_tick=lambda: ticks.append(1),
     )
-    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(storage_url)).trials
     assert len(trials) == 20 and study.study_name == study_name
     assert all(trial.state.is_finished() for trial in trials)
     assert {trial.user_attrs["worker"].rsplit("-", 1)[-1] for trial in trials} <= {"0", "1"}

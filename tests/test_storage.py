@@ -61,6 +61,6 @@ def test_optuna_tools_read_our_studies(storage_url: str, study_name: str) -> Non
     storage = open_storage(storage_url, heartbeat=(1, 3))
     study = optuna.create_study(study_name=study_name, storage=storage)
     study.enqueue_trial({"x": 1.0})
-    plain = optuna.load_study(study_name=study_name, storage=storage_url)
+    plain = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
     assert [trial.state for trial in plain.trials] == [optuna.trial.TrialState.WAITING]
     assert storage.get_heartbeat_interval() is not None

@@ -50,7 +50,7 @@ def test_workers_in_separate_processes_spend_the_budget_exactly(
         worker.join(timeout=300)
         assert worker.exitcode == 0
 
-    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(storage_url)).trials
     assert sorted(trial.number for trial in trials) == list(range(40))
     assert all(trial.state in (TrialState.COMPLETE, TrialState.PRUNED) for trial in trials)
     # Every trial was claimed by exactly one worker: its attributes name a single worker
@@ -65,7 +65,7 @@ def test_trial_records_what_optuna_has_no_column_for(storage_url: str, study_nam
     spec = landscape_spec(study_name, budget={"trials": 3, "epochs": 2}, pruner={"name": "none"})
     studies.create_or_resume(spec, open_storage(storage_url))
     run_worker(spec, storage_url, worker="me")
-    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
     assert study.user_attrs["spec"]["name"] == study_name
     for trial in study.trials:
         attrs = trial.user_attrs
@@ -87,7 +87,7 @@ def test_diverging_trials_fail_with_a_reason_and_the_study_goes_on(
     )
     studies.create_or_resume(spec, open_storage(storage_url))
     run_worker(spec, storage_url)
-    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(storage_url)).trials
     assert [trial.state for trial in trials] == [TrialState.FAIL] * 4
     assert all("diverged in epoch 1" in trial.user_attrs["fail_reason"] for trial in trials)
 
@@ -106,7 +106,7 @@ def test_a_crashing_workload_fails_its_trial_not_the_worker(
     )
     studies.create_or_resume(spec, open_storage(storage_url))
     assert run_worker(spec, storage_url).trials == 2
-    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(storage_url)).trials
     assert [trial.state for trial in trials] == [TrialState.FAIL] * 2
     assert "RuntimeError: broken on purpose" in trials[0].user_attrs["fail_reason"]
 
@@ -121,13 +121,14 @@ def test_resume_tops_the_budget_up_and_refuses_a_changed_search_space(
     bigger = landscape_spec(study_name, budget={"trials": 8, "epochs": 1})
     studies.create_or_resume(bigger, storage)
     run_worker(bigger, storage_url)
-    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(storage_url)).trials
     assert len(trials) == 8 and all(trial.state.is_finished() for trial in trials)
 
     changed = landscape_spec(study_name, search={"optimizers": ["adam"]})
     with pytest.raises(SpecError, match="different search"):
         studies.create_or_resume(changed, storage)
-    assert len(optuna.load_study(study_name=study_name, storage=storage_url).trials) == 8
+    resumed = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    assert len(resumed.trials) == 8
 
 
 def test_wall_time_budget_stops_claiming_trials(sqlite_url: str) -> None:

@@ -165,10 +165,15 @@ def _serialize_sqlite_writers(engine: sqlalchemy.Engine) -> None:
     engine.dispose()  # connections opened before the listener would miss it
 
 
+@functools.cache
 def open_storage(
     url: str, *, heartbeat: tuple[int, int] | None = None
 ) -> optuna.storages.RDBStorage:
-    """Open (creating if needed) the study database at `url`.
+    """Open (creating if needed) the study database at `url`; one storage per URL a process.
+
+    The storage is cached: each holds a connection pool, and a process that opened one per
+    call (a polling loop, repeated best_config() calls) would exhaust PostgreSQL's
+    connections. RDBStorage is thread-safe, so sharing it is safe.
 
     Args:
         url: a SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg://…``).
