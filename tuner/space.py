@@ -11,7 +11,7 @@ import optuna
 
 from tuner.config import TrainingConfig
 from tuner.optimizers import Knob, knob
-from tuner.spec import StudySpec
+from tuner.spec import StudySpec, bounds
 from tuner.workloads import uses_batches
 
 #: Lookahead's two knobs (Zhang et al. 2019 use k in 5–10, alpha 0.5–0.8).
@@ -32,8 +32,7 @@ def suggest(trial: optuna.Trial, name: str, spec: Knob) -> float | int:
 
 
 def _range(value: float | tuple[float, float], name: str) -> Knob:
-    low, high = value if isinstance(value, tuple) else (value, value)
-    return knob(name, low, high)
+    return knob(name, *bounds(value))
 
 
 def _toggle(trial: optuna.Trial, name: str, mode: str) -> bool:

@@ -24,6 +24,11 @@ Direction = Literal["minimize", "maximize"]
 Toggle = Literal["off", "on", "search"]
 
 
+def bounds(value: float | tuple[float, float]) -> tuple[float, float]:
+    """A setting given as a number or a [low, high] range, as a range (a number: low = high)."""
+    return value if isinstance(value, tuple) else (value, value)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -74,7 +79,7 @@ class SearchSpec(_Model):
     @field_validator("warmup_fraction")
     @classmethod
     def _fraction(cls, value: float | tuple[float, float]) -> float | tuple[float, float]:
-        low, high = value if isinstance(value, tuple) else (value, value)
+        low, high = bounds(value)
         if not 0.0 <= low <= high < 1.0:
             raise ValueError("expected a fraction in [0, 1), or a range [low, high] within it")
         return value
@@ -82,7 +87,7 @@ class SearchSpec(_Model):
     @field_validator("max_grad_norm")
     @classmethod
     def _norm(cls, value: float | tuple[float, float]) -> float | tuple[float, float]:
-        low, high = value if isinstance(value, tuple) else (value, value)
+        low, high = bounds(value)
         if not 0.0 < low <= high:
             raise ValueError(
                 "expected a positive norm, or a range [low, high] with 0 < low <= high"

@@ -63,3 +63,29 @@ class Workload:
     #: Checks run once before a study starts (data files present), so a study that cannot
     #: train fails at once with exit 2 instead of failing every trial.
     preflight: Callable[[Any], None] | None = None
+
+
+class MiniBatchTask:
+    """Supervised training on tensors resident on the trial's device, in shuffled mini-batches.
+
+    Subclasses set the tensors, `model` and `batch_size`, and define `loss` and `evaluate`.
+    """
+
+    model: torch.nn.Module
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    batch_size: int
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.train_x) // self.batch_size)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[Callable[[], torch.Tensor]]:
+        order = torch.randperm(len(self.train_x), generator=generator).to(self.train_x.device)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            yield lambda batch=batch: self.loss(
+                self.model(self.train_x[batch]), self.train_y[batch]
+            )

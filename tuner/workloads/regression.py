@@ -6,12 +6,12 @@ points; only the model's initialisation and the batch order follow the trial's s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from pydantic import Field
 
-from tuner.workloads.base import Options, TrialContext, Workload
+from tuner.workloads.base import MiniBatchTask, Options, TrialContext, Workload
 
 
 class RegressionOptions(Options):
@@ -24,7 +24,7 @@ class RegressionOptions(Options):
     data_seed: int = 0
 
 
-class Regression:
+class Regression(MiniBatchTask):
     """Mean-squared-error regression on tensors kept on the trial's device."""
 
     def __init__(
@@ -51,16 +51,8 @@ class Regression:
         self.model = model.to(context.device)
         self.batch_size = context.batch_size
 
-    def steps_per_epoch(self) -> int:
-        return -(-len(self.train_x) // self.batch_size)
-
-    def epoch(self, generator: torch.Generator) -> Iterator[Callable[[], torch.Tensor]]:
-        order = torch.randperm(len(self.train_x), generator=generator).to(self.train_x.device)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            yield lambda batch=batch: torch.nn.functional.mse_loss(
-                self.model(self.train_x[batch]), self.train_y[batch]
-            )
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(outputs, targets)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

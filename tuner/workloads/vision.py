@@ -7,7 +7,6 @@ launch-bound at about 2 ms a step).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tuner.workloads.base import Options, TrialContext, Workload
+from tuner.workloads.base import MiniBatchTask, Options, TrialContext, Workload
 
 #: Images per forward pass when evaluating; large enough to be quick, small enough for a CPU.
 EVAL_BATCH = 1000
@@ -49,7 +48,7 @@ class VisionOptions(Options):
     data_dir: str | None = None
 
 
-class ImageClassification:
+class ImageClassification(MiniBatchTask):
     """Cross-entropy training of SimpleCNN on a data set resident on the trial's device."""
 
     def __init__(self, options: VisionOptions, context: TrialContext):
@@ -70,16 +69,8 @@ class ImageClassification:
         self.model = SimpleCNN(tuple(self.train_x.shape[-2:]), data.num_classes).to(device)
         self.batch_size = context.batch_size
 
-    def steps_per_epoch(self) -> int:
-        return -(-len(self.train_x) // self.batch_size)
-
-    def epoch(self, generator: torch.Generator) -> Iterator[Callable[[], torch.Tensor]]:
-        order = torch.randperm(len(self.train_x), generator=generator).to(self.train_x.device)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            yield lambda batch=batch: F.cross_entropy(
-                self.model(self.train_x[batch]), self.train_y[batch]
-            )
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
