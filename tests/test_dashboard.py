@@ -124,19 +124,26 @@ def study_id(base: str, name: str) -> int:
     return next(summary["study_id"] for summary in summaries if summary["study_name"] == name)
 
 
-@pytest.fixture
-def finished_study(sqlite_url: str) -> str:
-    """A finished Rosenbrock study of four optimizers: each trial COMPLETE, with its curve.
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A finished Rosenbrock study of three optimizers: each trial COMPLETE, with its curve.
 
     3,000 steps make each trial train for longer than CURVE_PLOT_MIN_SECONDS, so its curve
-    is a PNG plot."""
-    spec = rosenbrock_spec("valley", trials=16, steps=1000)
-    studies.create_or_resume(spec, open_storage(sqlite_url))
-    run_worker(spec, sqlite_url)
-    return sqlite_url
+    is a PNG plot. Built once for the tests that only look at it (in a home of its own, as
+    conftest's isolated_home gives each test)."""
+    folder = tmp_path_factory.mktemp("finished")
+    url = f"sqlite:///{folder / 'studies.db'}"
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("XDG_DATA_HOME", str(folder / "data"))
+        environment.setenv("XDG_CACHE_HOME", str(folder / "cache"))
+        environment.delenv("TUNER_STORAGE", raising=False)
+        spec = rosenbrock_spec("valley", trials=16, steps=1000)
+        studies.create_or_resume(spec, open_storage(url))
+        run_worker(spec, url)
+    return url
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # module scope: checked before the module's study is built
 def chromium() -> Iterator:
     """A headless Debian chromium under Playwright; skips without it (fails in CI)."""
     if not CHROMIUM.exists():
@@ -208,7 +215,8 @@ def test_the_study_its_importances_note_and_curves_show_in_a_browser(
     assert all(
         sum(key.startswith("artifacts:") for key in trial.system_attrs) == 1 for trial in trials
     )
-    assert len(list((tmp_path / "artifacts").iterdir())) == len(trials)
+    next_to_the_database = Path(finished_study.removeprefix("sqlite:///")).parent / "artifacts"
+    assert len(list(next_to_the_database.iterdir())) == len(trials)
     printed = (tmp_path / "dashboard.log").read_text()
     assert f"{base}/dashboard" in printed and "studies.db" in printed, printed
 

@@ -259,8 +259,9 @@ def _workload_lines(spec: StudySpec) -> list[str]:
     else:
         lines = [f"`{workload.name}`: {workload.description}."]
         options = workload.options.model_validate(spec.workload.options).model_dump()
-    if options:
-        listed = ", ".join(f"{key} = {value!r}" for key, value in options.items())
+    given = {key: value for key, value in options.items() if value is not None}  # None: default
+    if given:
+        listed = ", ".join(f"{key} = {value!r}" for key, value in given.items())
         lines.append(f"Options: {listed}.")
     dataset = options.get("dataset")
     if dataset:
