@@ -69,8 +69,13 @@ def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[No
         thread.join()
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> TrialState:
-    """Train one claimed trial and tell the study how it ended; never leaves it RUNNING."""
+def run_trial(
+    study: optuna.Study, trial: optuna.Trial, spec: StudySpec, worker: dict[str, str]
+) -> TrialState:
+    """Train one claimed trial and tell the study how it ended; never leaves it RUNNING.
+
+    `worker` (its name and node) is recorded with the sampled configuration, in one write.
+    """
     device = pick_device()
     seed = trial_seed(spec.seed, trial.number)
     record = TrainingRecord()
@@ -78,7 +83,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: StudySpec) -> Tria
     state, value, reason = TrialState.FAIL, None, None
     try:
         config = sample_config(trial, spec)
-        trial.set_user_attr("config", config.to_dict())
+        rdb_backend(trial.storage).set_trial_user_attrs(
+            trial._trial_id, {**worker, "config": config.to_dict()}
+        )
         value = train(trial, spec, config, seed, device, record)
         state = TrialState.COMPLETE
     except optuna.TrialPruned:
@@ -166,9 +173,13 @@ def run_worker(
         storage_url, heartbeat=(execution.heartbeat_seconds, execution.grace_seconds)
     )
     study = studies.load(spec, storage)
+    identity = {"worker": summary.worker, "node": node or socket.gethostname()}
     idle_since: float | None = None
+    swept = 0.0
     while deadline is None or time.time() < deadline:
-        optuna.storages.fail_stale_trials(study)
+        if time.monotonic() - swept >= execution.heartbeat_seconds:  # staleness moves no faster
+            optuna.storages.fail_stale_trials(study)
+            swept = time.monotonic()
         trial = studies.claim_trial(study, spec)
         if trial is None:
             idle_since = idle_since or time.monotonic()
@@ -182,9 +193,6 @@ def run_worker(
             continue
         idle_since = None
         with heartbeat(storage, trial._trial_id):
-            storage.set_trial_user_attrs(
-                trial._trial_id, {"worker": summary.worker, "node": node or socket.gethostname()}
-            )
-            run_trial(study, trial, spec)
+            run_trial(study, trial, spec, identity)
         summary.trials += 1
     return summary
