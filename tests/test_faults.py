@@ -121,6 +121,28 @@ def test_sigkilled_worker_trial_fails_and_is_retried_with_the_same_parameters(
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["worker"] == "rescuer"
 
 
+def test_ctrl_c_ends_the_running_trial_as_fail_and_exits_130(
+    tuner_process: Callable[..., subprocess.Popen], sqlite_url: str
+) -> None:
+    spec = slow_spec("interrupted", trials=3)
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    worker = tuner_process("worker", "interrupted", "--storage", sqlite_url)
+
+    def mid_trial() -> bool:
+        return any(
+            t.state == TrialState.RUNNING and t.intermediate_values
+            for t in trials_of("interrupted", sqlite_url)
+        )
+
+    wait_for(mid_trial, 60, "the worker to be in the middle of a trial")
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(timeout=60) == 130
+    assert "interrupted" in worker.stderr.read()
+    (trial,) = trials_of("interrupted", sqlite_url)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "interrupted: the worker was stopped"
+
+
 @pytest.mark.ray
 def test_killed_driver_stops_its_workers_and_a_new_run_finishes_the_budget(
     tuner_process: Callable[..., subprocess.Popen],
