@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from tuner.config import TrainingConfig
 from tuner.errors import EmptyStudyError
-from tuner.results import best_trials_by_optimizer, load_study
-from tuner.storage import open_storage, resolve_storage_url
+from tuner.results import best_trials_by_optimizer, open_study
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,8 +47,7 @@ def best_config(
         StudyNotFoundError: no such study; the message lists the studies there are.
         EmptyStudyError: no completed trial (of that optimizer type) yet.
     """
-    url = resolve_storage_url(storage)
-    loaded = load_study(study, open_storage(url), url)
+    loaded, _ = open_study(study, storage)
     best = best_trials_by_optimizer(loaded)
     if optimizer is not None:
         best = {optimizer: best[optimizer]} if optimizer in best else {}

@@ -84,20 +84,13 @@ def _best(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(study_name: str, storage: str | None):
-    from tuner.results import load_study
-    from tuner.storage import open_storage, resolve_storage_url
-
-    url = resolve_storage_url(storage)
-    return load_study(study_name, open_storage(url), url), url
-
-
 def _worker(args: argparse.Namespace) -> int:
     from tuner.errors import SpecError
     from tuner.execution.worker import run_worker
+    from tuner.results import open_study
     from tuner.spec import parse_spec
 
-    study, url = _open(args.study, args.storage)
+    study, url = open_study(args.study, args.storage)
     recorded = study.user_attrs.get("spec")
     if recorded is None:
         raise SpecError(f"study {args.study!r} was not created by `tuner run`: it records no spec")
@@ -111,8 +104,9 @@ def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from tuner.display import print_status
+    from tuner.results import open_study
 
-    study, _ = _open(args.study, args.storage)
+    study, _ = open_study(args.study, args.storage)
     print_status(Console(), study)
     return 0
 

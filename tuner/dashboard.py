@@ -54,6 +54,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from tuner.errors import TunerError
+from tuner.storage import rdb_backend, user_data_dir
 
 if TYPE_CHECKING:
     from optuna.artifacts import FileSystemArtifactStore
@@ -110,8 +111,7 @@ def artifact_dir(storage: str | optuna.storages.BaseStorage | None) -> Path:
     explicit = os.environ.get("TUNER_ARTIFACT_DIR")
     if explicit:
         return Path(explicit).expanduser()
-    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(data_home) / "tuner" / "artifacts"
+    return user_data_dir() / "artifacts"
 
 
 def artifact_store(storage: str | optuna.storages.BaseStorage | None) -> FileSystemArtifactStore:
@@ -124,8 +124,7 @@ def artifact_store(storage: str | optuna.storages.BaseStorage | None) -> FileSys
 
 
 def _storage_url(storage: optuna.storages.BaseStorage | None) -> str | None:
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
-    engine = getattr(backend, "engine", None)
+    engine = getattr(rdb_backend(storage), "engine", None)
     return None if engine is None else engine.url.render_as_string(hide_password=False)
 
 

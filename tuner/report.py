@@ -42,8 +42,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.display import describe_config, format_value
 from tuner.errors import EmptyStudyError
-from tuner.results import best_trials_by_optimizer, load_study, trial_config, trial_optimizer
-from tuner.storage import mask_url, open_storage, resolve_storage_url
+from tuner.results import (
+    best_trials_by_optimizer,
+    direction_sign,
+    open_study,
+    trial_config,
+    trial_optimizer,
+)
+from tuner.storage import mask_url
 from tuner.study import count_states
 
 #: The workloads whose parameters are a point on a known surface (tuner.workloads.landscapes).
@@ -487,7 +493,7 @@ def _plot_history(
         [t.intermediate_values[max(t.intermediate_values)] for t in pruned] if pruned else []
     )
     if complete:
-        sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+        sign = direction_sign(study)
         best_so_far, current = [], math.inf
         for trial in complete:
             current = min(current, sign * trial.value)
@@ -792,7 +798,7 @@ def _html(
     direction = study.direction.name.lower()
     counts = count_states(trials)
     complete = _complete(study)
-    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    sign = direction_sign(study)
     ranked = sorted(complete, key=lambda t: sign * t.value)
     best = ranked[0]
     name = study.study_name
@@ -961,8 +967,7 @@ def write_report(study: str, out_dir: Path, storage: str | None = None) -> Path:
 
 
 def _write(study: str, out_dir: Path, storage: str | None) -> tuple[Path, dict[str, Path]]:
-    url = resolve_storage_url(storage)
-    loaded = load_study(study, open_storage(url), url)
+    loaded, url = open_study(study, storage)
     trials = loaded.get_trials(deepcopy=False)
     if not _complete(loaded):
         counts = count_states(trials)

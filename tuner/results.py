@@ -11,15 +11,21 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import TrainingConfig
 from tuner.errors import StudyNotFoundError
-from tuner.storage import mask_url
+from tuner.storage import mask_url, open_storage, resolve_storage_url
 
 
-def load_study(name: str, storage: optuna.storages.BaseStorage, url: str) -> optuna.Study:
-    """Load a study by name; a missing one raises StudyNotFoundError listing those there are."""
+def open_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str]:
+    """Load a study by name from `storage` (else TUNER_STORAGE, else the default file).
+
+    Returns the study and the resolved storage URL. A missing study raises
+    StudyNotFoundError listing those there are.
+    """
+    url = resolve_storage_url(storage)
+    opened = open_storage(url)
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=opened), url
     except KeyError:
-        names = sorted(optuna.get_all_study_names(storage))
+        names = sorted(optuna.get_all_study_names(opened))
         there = ", ".join(names) if names else "none yet (run `tuner run studies/quickstart.toml`)"
         raise StudyNotFoundError(
             f"no study named {name!r} in {mask_url(url)}; studies there: {there}"
@@ -37,9 +43,14 @@ def trial_optimizer(trial: FrozenTrial) -> str | None:
     return trial.params.get("optimizer") or (trial.user_attrs.get("config") or {}).get("optimizer")
 
 
+def direction_sign(study: optuna.Study) -> float:
+    """1 when the study minimises, −1 when it maximises: ``sign * value`` is smaller when better."""
+    return 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+
+
 def best_trials_by_optimizer(study: optuna.Study) -> dict[str, FrozenTrial]:
     """The best COMPLETE trial of each optimizer type, best first."""
-    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    sign = direction_sign(study)
     best: dict[str, FrozenTrial] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         name = trial_optimizer(trial)

@@ -1,7 +1,8 @@
 """`run()`: create or resume a study, run its workers to the end of the budget, return it.
 
-The driver side of a study: it validates storage, lays down the budget, launches the workers
-on Ray and, if interrupted, makes sure no trial of its workers is left RUNNING.
+The driver side of a study: it checks the storage and the workload's data, creates or resumes
+the study, launches the workers on Ray and, if interrupted, makes sure no trial of its workers
+is left RUNNING.
 """
 
 from __future__ import annotations

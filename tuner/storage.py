@@ -106,10 +106,16 @@ for _name in [
         setattr(ResilientRDBStorage, _name, _retrying(getattr(ResilientRDBStorage, _name)))
 
 
-def default_storage_path() -> Path:
-    """``$XDG_DATA_HOME/tuner/studies.db``, else ``~/.local/share/tuner/studies.db``."""
+def user_data_dir() -> Path:
+    """tuner's folder in the user's data folder: ``$XDG_DATA_HOME/tuner``, else
+    ``~/.local/share/tuner``."""
     data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(data_home) / "tuner" / "studies.db"
+    return Path(data_home) / "tuner"
+
+
+def default_storage_path() -> Path:
+    """``studies.db`` in `user_data_dir`: every project on the machine finds the same studies."""
+    return user_data_dir() / "studies.db"
 
 
 def resolve_storage_url(explicit: str | None = None, from_spec: str | None = None) -> str:

@@ -98,10 +98,10 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
         SpecError: the study exists with another search space or direction.
     """
     existing = {summary.study_name: summary for summary in optuna.get_all_study_summaries(storage)}
+    spec_data = spec.to_dict()
     if spec.name in existing:
         recorded = existing[spec.name].user_attrs.get("spec", {})
-        new = spec.to_dict()
-        changed = [key for key in SEARCH_DEFINING if recorded.get(key) != new[key]]
+        changed = [key for key in SEARCH_DEFINING if recorded.get(key) != spec_data[key]]
         if changed:
             raise SpecError(
                 f"study {spec.name!r} already exists with a different {', '.join(changed)}; "
@@ -115,7 +115,7 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
         pruner=make_pruner(spec),
         load_if_exists=True,
     )
-    study.set_user_attr("spec", spec.to_dict())
+    study.set_user_attr("spec", spec_data)
     study.set_user_attr("metric", spec.metric)
     if spec.name not in existing:
         from tuner.dashboard import write_study_note

@@ -15,6 +15,7 @@ import optuna
 import torch
 
 from tuner.config import TrainingConfig
+from tuner.schedules import steps_per_epoch_scheduler
 from tuner.spec import StudySpec
 from tuner.workloads import TrialContext, build_trainable
 
@@ -73,7 +74,7 @@ def train(
     scheduler = config.build_scheduler(
         optimizer, trainable.steps_per_epoch(), epochs, spec.direction
     )
-    per_epoch_scheduler = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    per_epoch_scheduler = not steps_per_epoch_scheduler(scheduler)
     order = torch.Generator().manual_seed(seed)
 
     value = math.nan
