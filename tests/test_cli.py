@@ -137,6 +137,25 @@ def test_report_on_an_empty_or_unknown_study_exits_2(
     assert "no study named 'absent'" in capsys.readouterr().err
 
 
+def test_missing_dataset_exits_2_naming_the_files_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = ROOT / "studies" / "mnist_cnn.toml"
+    assert main(["run", str(study)]) == 2
+    error = capsys.readouterr().err
+    assert "dataset 'mnist' is missing 4 of its 4 files" in error
+    assert "train-images-idx3-ubyte" in error and "tuner data fetch mnist" in error
+    assert not default_storage_path().exists()
+
+
+def test_worker_on_a_study_tuner_did_not_create_exits_2(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    optuna.create_study(study_name="foreign", storage=sqlite_url)
+    assert main(["worker", "foreign", "--storage", sqlite_url]) == 2
+    assert "was not created by `tuner run`" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["run"])
