@@ -8,6 +8,7 @@ compares trials across workers.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +46,122 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     return (study_seed * 1_000_003 + trial_number) % 2**31
 
 
-def _parameter_norm(model: torch.nn.Module) -> float:
-    norms = [p.detach().norm() for p in model.parameters()]
+def parameter_norm(parameters: Iterable[torch.Tensor]) -> float:
+    """The L2 norm of all parameters together (what divergence is judged on)."""
+    norms = [p.detach().norm() for p in parameters]
     return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch of one trial produced, before it is judged and reported."""
+
+    train_loss: float
+    parameter_norm: float
+    metrics: dict[str, float]
+    learning_rate: float
+
+
+def close_epoch(
+    trial: optuna.Trial,
+    spec: StudySpec,
+    record: TrainingRecord,
+    epoch: int,
+    result: EpochResult,
+) -> float:
+    """Judge, record and report one finished epoch; return the study's metric.
+
+    Shared by one-trial and batched execution, so a trial is judged, recorded, reported and
+    pruned the same way whichever ran it.
+
+    Raises:
+        TrialDiverged: the loss, the parameters or the metric stopped being finite.
+        optuna.TrialPruned: the pruner stopped the trial (never after the last epoch).
+    """
+    norm = result.parameter_norm
+    if not math.isfinite(result.train_loss) or not math.isfinite(norm) or norm > EXPLODED_NORM:
+        raise TrialDiverged(
+            f"diverged in epoch {epoch}: mean training loss {result.train_loss:.4g}, "
+            f"parameter norm {norm:.4g}"
+        )
+    value = result.metrics[spec.metric]
+    if not math.isfinite(value):
+        raise TrialDiverged(f"diverged in epoch {epoch}: {spec.metric} is {value}")
+    record.epochs_run = epoch
+    record.curve.append(
+        {
+            "epoch": epoch,
+            "train_loss": result.train_loss,
+            "learning_rate": result.learning_rate,
+            **result.metrics,
+        }
+    )
+    trial.report(value, epoch)
+    # After the last epoch there is nothing left to save: keep the finished result.
+    if epoch < spec.budget.epochs and trial.should_prune():
+        raise optuna.TrialPruned(f"pruned after epoch {epoch}: {spec.metric} = {value:.4g}")
+    return value
+
+
+class TrialTraining:
+    """One trial's model, optimizer and schedule, advanced one optimizer step at a time.
+
+    `train` runs it to the end; a batched worker interleaves it with stacked trials when no
+    vectorized rule reproduces the trial's optimizer.
+    """
+
+    def __init__(self, spec: StudySpec, config: TrainingConfig, seed: int, device: torch.device):
+        torch.manual_seed(seed)
+        self.spec, self.config, self.device = spec, config, device
+        self.trainable = build_trainable(
+            spec.workload,
+            TrialContext(seed=seed, device=device, batch_size=config.batch_size or 1),
+        )
+        self.parameters = [p for p in self.trainable.model.parameters() if p.requires_grad]
+        self.optimizer = config.build_optimizer(self.parameters)
+        self.scheduler = config.build_scheduler(
+            self.optimizer, self.trainable.steps_per_epoch(), spec.budget.epochs, spec.direction
+        )
+        self.per_epoch_scheduler = not steps_per_epoch_scheduler(self.scheduler)
+        self.order = torch.Generator().manual_seed(seed)
+        self._steps: Iterator[Callable[[], torch.Tensor]] | None = None
+
+    def step(self) -> bool:
+        """Take one optimizer step; True when it was the last of an epoch."""
+        if self._steps is None:  # an epoch begins
+            if self.config.schedule_free:
+                self.optimizer.train()
+            self._steps = iter(self.trainable.epoch(self.order))
+            # Losses stay on the device and are summed there: reading each one back would
+            # synchronise a GPU every step.
+            self._loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+            self._step_count = 0
+        step_loss = next(self._steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = step_loss()
+        loss.backward()
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        self.optimizer.step()
+        if not self.per_epoch_scheduler:
+            self.scheduler.step()
+        self._loss_sum += loss.detach()
+        self._step_count += 1
+        return self._step_count == self.trainable.steps_per_epoch()
+
+    def end_epoch(self) -> EpochResult:
+        """Evaluate after the epoch's last step (and step a per-epoch schedule)."""
+        self._steps = None
+        if self.config.schedule_free:
+            self.optimizer.eval()
+        train_loss = float(self._loss_sum) / max(self._step_count, 1)
+        norm = parameter_norm(self.trainable.model.parameters())
+        metrics = self.trainable.evaluate()
+        value = metrics[self.spec.metric]
+        if self.per_epoch_scheduler and math.isfinite(value):
+            self.scheduler.step(value)
+        lr = self.optimizer.param_groups[0]["lr"]
+        return EpochResult(train_loss, norm, metrics, lr)
 
 
 def train(
@@ -64,64 +178,10 @@ def train(
         optuna.TrialPruned: the pruner stopped the trial after some epoch.
         TrialDiverged: the loss or the parameters stopped being finite.
     """
-    torch.manual_seed(seed)
-    trainable = build_trainable(
-        spec.workload, TrialContext(seed=seed, device=device, batch_size=config.batch_size or 1)
-    )
-    parameters = [p for p in trainable.model.parameters() if p.requires_grad]
-    optimizer = config.build_optimizer(parameters)
-    epochs = spec.budget.epochs
-    scheduler = config.build_scheduler(
-        optimizer, trainable.steps_per_epoch(), epochs, spec.direction
-    )
-    per_epoch_scheduler = not steps_per_epoch_scheduler(scheduler)
-    order = torch.Generator().manual_seed(seed)
-
+    training = TrialTraining(spec, config, seed, device)
     value = math.nan
-    for epoch in range(1, epochs + 1):
-        if config.schedule_free:
-            optimizer.train()
-        # Losses stay on the device and are summed there: reading each one back would
-        # synchronise a GPU every step.
-        loss_sum, steps = torch.zeros((), device=device, dtype=torch.float64), 0
-        for step_loss in trainable.epoch(order):
-            optimizer.zero_grad(set_to_none=True)
-            loss = step_loss()
-            loss.backward()
-            if config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-            optimizer.step()
-            if not per_epoch_scheduler:
-                scheduler.step()
-            loss_sum += loss.detach()
-            steps += 1
-        if config.schedule_free:
-            optimizer.eval()
-
-        train_loss = float(loss_sum) / max(steps, 1)
-        norm = _parameter_norm(trainable.model)
-        if not math.isfinite(train_loss) or not math.isfinite(norm) or norm > EXPLODED_NORM:
-            raise TrialDiverged(
-                f"diverged in epoch {epoch}: mean training loss {train_loss:.4g}, "
-                f"parameter norm {norm:.4g}"
-            )
-        metrics = trainable.evaluate()
-        value = metrics[spec.metric]
-        if not math.isfinite(value):
-            raise TrialDiverged(f"diverged in epoch {epoch}: {spec.metric} is {value}")
-        if per_epoch_scheduler:
-            scheduler.step(value)
-        record.epochs_run = epoch
-        record.curve.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "learning_rate": optimizer.param_groups[0]["lr"],
-                **metrics,
-            }
-        )
-        trial.report(value, epoch)
-        # After the last epoch there is nothing left to save: keep the finished result.
-        if epoch < epochs and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch}: {spec.metric} = {value:.4g}")
+    for epoch in range(1, spec.budget.epochs + 1):
+        while not training.step():
+            pass
+        value = close_epoch(trial, spec, record, epoch, training.end_epoch())
     return value
