@@ -31,6 +31,7 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
         ray_address=args.ray_address,
         storage=args.storage,
+        trials_per_worker=args.batch,
     )
     console = Console()
     with StudyProgress(console, spec.budget.trials) as progress:
@@ -88,6 +89,7 @@ def _worker(args: argparse.Namespace) -> int:
     from tuner.errors import SpecError
     from tuner.execution.worker import run_worker
     from tuner.results import open_study
+    from tuner.runner import with_overrides
     from tuner.spec import parse_spec
 
     study, url = open_study(args.study, args.storage)
@@ -95,6 +97,7 @@ def _worker(args: argparse.Namespace) -> int:
     if recorded is None:
         raise SpecError(f"study {args.study!r} was not created by `tuner run`: it records no spec")
     spec = parse_spec(recorded, f"study {args.study!r}")
+    spec = with_overrides(spec, trials_per_worker=args.batch)
     summary = run_worker(spec, url, worker=args.name, threads=args.threads)
     print(f"worker {summary.worker}: {summary.trials} trials of {args.study}; no trial left to run")
     return 0
@@ -138,6 +141,24 @@ def _data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trials_per_worker(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', not {text!r}")
+    return value
+
+
+BATCH_HELP = (
+    "trials one worker trains at once, stacked where their optimizer allows "
+    "(default: the file's [execution] trials_per_worker; 'auto': 64 on a GPU, 1 on a CPU)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (a function, so the README's reference can be checked against it)."""
     parser = argparse.ArgumentParser(
@@ -155,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--ray-address", help="an existing Ray cluster, HOST:6379 (default: a local one)"
     )
+    run.add_argument("--batch", type=_trials_per_worker, metavar="K", help=BATCH_HELP)
     run.add_argument("--trials", type=int, help="trial budget (overrides [budget] trials)")
     run.add_argument("--timeout", type=float, help="wall-time budget in seconds")
     run.add_argument(
@@ -179,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--storage", help=storage_help)
     worker.add_argument("--name", help="the name recorded on its trials (default host:pid)")
     worker.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    worker.add_argument("--batch", type=_trials_per_worker, metavar="K", help=BATCH_HELP)
     worker.set_defaults(handler=_worker)
 
     status = commands.add_parser("status", help="trials by state, running trials, throughput")

@@ -27,13 +27,19 @@ def with_overrides(
     workers: int | None = None,
     ray_address: str | None = None,
     storage: str | None = None,
+    trials_per_worker: int | str | None = None,
 ) -> StudySpec:
     """The spec with command-line execution settings applied (the CLI beats the file).
 
     Raises:
         SpecError: an override is invalid (``workers=0``), like the same key in the file.
     """
-    updates = {"workers": workers, "ray_address": ray_address, "storage": storage}
+    updates = {
+        "workers": workers,
+        "ray_address": ray_address,
+        "storage": storage,
+        "trials_per_worker": trials_per_worker,
+    }
     updates = {key: value for key, value in updates.items() if value is not None}
     if not updates:
         return spec

@@ -136,6 +136,9 @@ class ExecutionSpec(_Model):
     workers: int = Field(default=1, gt=0)
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float | Literal["auto"] = "auto"
+    #: Trials one worker trains at once, stacked where their optimizer allows (tuner.stacked);
+    #: "auto" is 64 on a GPU and 1 on a CPU.
+    trials_per_worker: int | Literal["auto"] = 1
     ray_address: str | None = None
     storage: str | None = None
     #: A running trial records a heartbeat every interval; one silent for longer than grace
@@ -148,6 +151,13 @@ class ExecutionSpec(_Model):
         if self.grace_seconds <= self.heartbeat_seconds:
             raise ValueError("grace_seconds must be longer than heartbeat_seconds")
         return self
+
+    @field_validator("trials_per_worker")
+    @classmethod
+    def _trials_per_worker(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("expected a positive number of trials, or 'auto'")
+        return value
 
     @field_validator("gpus_per_trial")
     @classmethod

@@ -1,38 +1,66 @@
-"""The worker loop: claim a trial → sample its configuration → train → tell, until done.
+"""The worker loop: claim trials, sample their configurations, train them, tell the study.
 
 One loop per worker process (a Ray task, or ``tuner worker`` under any scheduler); no
-process per trial, so per-trial overhead stays near plain Optuna's. Optuna beats heartbeats
-and sweeps stale trials only inside ``study.optimize()``; under ask/tell this loop does both.
+process per trial, so per-trial overhead stays near plain Optuna's. A worker trains up to
+``trials_per_worker`` trials at once: trials whose optimizer has a vectorized rule share a
+stack (tuner.stacked: one vmapped step for all), the others train alone, stepped in turn. As
+soon as a trial ends its place goes to a newly claimed one. Whichever way a trial ran, it is
+judged, reported, pruned and told on its own (tuner.train.close_epoch).
+
+Optuna beats heartbeats and sweeps stale trials only inside ``study.optimize()``; under
+ask/tell this loop does both.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
 from tuner import study as studies
+from tuner.config import TrainingConfig
 from tuner.dashboard import upload_learning_curve
 from tuner.space import sample_config
 from tuner.spec import StudySpec
+from tuner.stacked import StackedTrials, can_stack, stack_key
 from tuner.storage import open_storage, rdb_backend
-from tuner.train import TrainingRecord, TrialDiverged, pick_device, train, trial_seed
+from tuner.train import (
+    EpochResult,
+    TrainingRecord,
+    TrialDiverged,
+    TrialTraining,
+    close_epoch,
+    pick_device,
+    trial_seed,
+)
+from tuner.vectorized_optimizers import vectorized_settings
+from tuner.workloads import TrialContext, build_trainable
 
 logger = logging.getLogger(__name__)
 
 #: How often a worker with nothing to claim looks again while other trials still run.
 IDLE_POLL_SECONDS = 0.5
+#: Trials per worker that ``trials_per_worker = "auto"`` gives on a GPU: ANCHORS measured
+#: 64 stacked trials within 3% of 128 on an H100. On a CPU the cores are busy with one trial.
+AUTO_TRIALS_PER_GPU_WORKER = 64
+
+
+def trials_per_worker(setting: int | Literal["auto"], device: torch.device) -> int:
+    """How many trials one worker trains at once on `device`."""
+    if setting != "auto":
+        return setting
+    return AUTO_TRIALS_PER_GPU_WORKER if device.type == "cuda" else 1
 
 
 @dataclass
@@ -44,8 +72,11 @@ class WorkerSummary:
 
 
 @contextmanager
-def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[None]:
-    """Record the trial's heartbeat every interval while the body runs (training blocks)."""
+def heartbeat(
+    storage: optuna.storages.RDBStorage, trial_ids: Callable[[], Iterable[int]]
+) -> Iterator[None]:
+    """Record a heartbeat for each trial named by `trial_ids()` every interval while the body
+    runs (training blocks the loop)."""
     interval = storage.get_heartbeat_interval()
     if interval is None:
         yield
@@ -54,13 +85,13 @@ def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[No
 
     def beat() -> None:
         while not stop.wait(interval):
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception:  # a missed beat is retried next interval; the trial goes on
-                logger.warning("heartbeat for trial %d failed", trial_id, exc_info=True)
+            for trial_id in trial_ids():
+                try:
+                    storage.record_heartbeat(trial_id)
+                except Exception:  # a missed beat is retried next interval; the trial goes on
+                    logger.warning("heartbeat for trial %d failed", trial_id, exc_info=True)
 
-    storage.record_heartbeat(trial_id)
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
     thread.start()
     try:
         yield
@@ -69,59 +100,187 @@ def heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[No
         thread.join()
 
 
-def run_trial(
-    study: optuna.Study, trial: optuna.Trial, spec: StudySpec, worker: dict[str, str]
-) -> TrialState:
-    """Train one claimed trial and tell the study how it ended; never leaves it RUNNING.
+@dataclass
+class _Slot:
+    """One claimed trial while this worker trains it."""
 
-    `worker` (its name and node) is recorded with the sampled configuration, in one write.
-    """
-    device = pick_device()
-    seed = trial_seed(spec.seed, trial.number)
-    record = TrainingRecord()
-    started = time.monotonic()
-    state, value, reason = TrialState.FAIL, None, None
+    trial: optuna.Trial
+    seed: int
+    started: float = field(default_factory=time.monotonic)
+    config: TrainingConfig | None = None
+    record: TrainingRecord = field(default_factory=TrainingRecord)
+    epochs: int = 0
+
+
+class _Group(Protocol):
+    """Trials stepped together: a `StackedTrials`, or one trial alone (`_Alone`)."""
+
+    keys: list[int]
+
+    def step(self) -> list[int]: ...
+    def end_epoch(self, key: int) -> EpochResult: ...
+    def remove(self, keys: list[int]) -> None: ...
+
+
+class _Alone:
+    """One trial trained by its library optimizer (no vectorized rule reproduces it, or the
+    worker trains one trial at a time), stepped in turn with the stacks."""
+
+    def __init__(self, key: int, training: TrialTraining):
+        self.keys, self.training = [key], training
+
+    def step(self) -> list[int]:
+        return list(self.keys) if self.training.step() else []
+
+    def end_epoch(self, key: int) -> EpochResult:
+        return self.training.end_epoch()
+
+    def remove(self, keys: list[int]) -> None:
+        self.keys = [key for key in self.keys if key not in keys]
+
+
+def settle(run: Callable[[], float]) -> tuple[TrialState, float | None, str | None]:
+    """Run the part of a trial that may end it and say how it went: COMPLETE with the value,
+    PRUNED, or FAIL with the reason. Ctrl-C and cancellation propagate."""
     try:
-        config = sample_config(trial, spec)
-        rdb_backend(trial.storage).set_trial_user_attrs(
-            trial._trial_id, {**worker, "config": config.to_dict()}
-        )
-        value = train(trial, spec, config, seed, device, record)
-        state = TrialState.COMPLETE
+        return TrialState.COMPLETE, run(), None
     except optuna.TrialPruned:
-        state = TrialState.PRUNED
+        return TrialState.PRUNED, None, None
     except TrialDiverged as error:
-        reason = str(error)
+        return TrialState.FAIL, None, str(error)
     except Exception as error:
-        reason = f"{type(error).__name__}: {error}"
-        logger.error("trial %d failed:\n%s", trial.number, traceback.format_exc())
-    except BaseException:  # Ctrl-C or the task being cancelled: end the trial, then stop
-        reason = "interrupted: the worker was stopped"
-        _finish(study, trial, record, started, seed, device, TrialState.FAIL, None, reason)
-        raise
-    if state is TrialState.COMPLETE and not math.isfinite(value):
-        state, reason = TrialState.FAIL, f"non-finite value {value}"
-    _finish(study, trial, record, started, seed, device, state, value, reason)
-    return state
+        logger.error("trial failed:\n%s", traceback.format_exc())
+        return TrialState.FAIL, None, f"{type(error).__name__}: {error}"
+
+
+class _Running:
+    """The trials a worker is training, by trial number, in their groups."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        spec: StudySpec,
+        identity: dict[str, str],
+        device: torch.device,
+        capacity: int,
+    ):
+        self.study, self.spec, self.identity, self.device = study, spec, identity, device
+        self.capacity = capacity
+        self.slots: dict[int, _Slot] = {}
+        self.groups: dict[Hashable, _Group] = {}
+        self.finished = 0
+        self._stackable: bool | None = None
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def trial_ids(self) -> list[int]:
+        return [slot.trial._trial_id for slot in list(self.slots.values())]
+
+    def start(self, trial: optuna.Trial) -> None:
+        """Sample a claimed trial's configuration, record it, and give the trial a place."""
+        slot = _Slot(trial, trial_seed(self.spec.seed, trial.number))
+        self.slots[trial.number] = slot
+        storage = rdb_backend(trial.storage)
+        if storage.get_heartbeat_interval() is not None:
+            storage.record_heartbeat(trial._trial_id)
+
+        def place() -> float:
+            slot.config = sample_config(trial, self.spec)
+            storage.set_trial_user_attrs(
+                trial._trial_id, {**self.identity, "config": slot.config.to_dict()}
+            )
+            self._place(trial.number, slot)
+            return 0.0
+
+        state, _, reason = settle(place)
+        if state is not TrialState.COMPLETE:
+            self._end(trial.number, state, None, reason)
+
+    def step(self) -> None:
+        """One optimizer step of every trial; trials whose epoch ended are judged, and those
+        that are done (finished, pruned, failed) are told and leave their group."""
+        for key, group in list(self.groups.items()):
+            state, ended, reason = TrialState.COMPLETE, [], None
+            try:
+                ended = group.step()
+            except Exception as error:  # the group's shared step failed: so did its trials
+                logger.error("training step failed:\n%s", traceback.format_exc())
+                state, reason = TrialState.FAIL, f"{type(error).__name__}: {error}"
+            if state is TrialState.FAIL:
+                done = list(group.keys)
+                for number in done:
+                    self._end(number, state, None, reason)
+            else:
+                done = [number for number in ended if self._close_epoch(group, number)]
+            if done:
+                group.remove(done)
+            if not group.keys:
+                del self.groups[key]
+
+    def fail_all(self, reason: str) -> None:
+        """End every trial still training as FAIL (the worker is stopping)."""
+        for number in list(self.slots):
+            self._end(number, TrialState.FAIL, None, reason)
+        self.groups.clear()
+
+    def _stacking(self) -> bool:
+        """Whether trials can be stacked: more than one per worker, and a workload that
+        stacks (checked once, on a trainable built for the purpose)."""
+        if self.capacity == 1:
+            return False
+        if self._stackable is None:
+            context = TrialContext(seed=self.spec.seed, device=self.device, batch_size=1)
+            self._stackable = can_stack(build_trainable(self.spec.workload, context))
+        return self._stackable
+
+    def _place(self, number: int, slot: _Slot) -> None:
+        config = slot.config
+        settings = vectorized_settings(config) if self._stacking() else None
+        if settings is None:
+            training = TrialTraining(self.spec, config, slot.seed, self.device)
+            self.groups[("alone", number)] = _Alone(number, training)
+            return
+        key = stack_key(config, settings)
+        if key not in self.groups:
+            self.groups[key] = StackedTrials(self.spec, settings, config.batch_size, self.device)
+        self.groups[key].add(number, config, slot.seed)
+
+    def _close_epoch(self, group: _Group, number: int) -> bool:
+        """Judge one trial's finished epoch; True when the trial has ended."""
+        slot = self.slots[number]
+        slot.epochs += 1
+        state, value, reason = settle(
+            lambda: close_epoch(
+                slot.trial, self.spec, slot.record, slot.epochs, group.end_epoch(number)
+            )
+        )
+        if state is TrialState.COMPLETE and slot.epochs < self.spec.budget.epochs:
+            return False
+        self._end(number, state, value, reason)
+        return True
+
+    def _end(self, number: int, state: TrialState, value: float | None, reason: str | None):
+        slot = self.slots.pop(number)
+        _finish(self.study, slot, self.device, state, value, reason)
+        self.finished += 1
 
 
 def _finish(
     study: optuna.Study,
-    trial: optuna.Trial,
-    record: TrainingRecord,
-    started: float,
-    seed: int,
+    slot: _Slot,
     device: torch.device,
     state: TrialState,
     value: float | None,
     reason: str | None,
 ) -> None:
     """Record what Optuna has no column for, then tell the study."""
+    trial, record = slot.trial, slot.record
     attributes = {
-        "seed": seed,
+        "seed": slot.seed,
         "device": str(device),
         "epochs_run": record.epochs_run,
-        "wall_seconds": round(time.monotonic() - started, 4),
+        "wall_seconds": round(time.monotonic() - slot.started, 4),
         "curve": record.curve,
     }
     if reason:
@@ -150,7 +309,7 @@ def run_worker(
     threads: int | None = None,
     node: str | None = None,
 ) -> WorkerSummary:
-    """Loop over trials of the spec's study until its budget or `deadline` (epoch seconds) ends.
+    """Train trials of the spec's study until its budget or `deadline` (epoch seconds) ends.
 
     When no trial is left to claim but others are still running, the worker waits up to one
     grace period for them: if one's worker has died, its trial goes stale and its retry is
@@ -173,26 +332,42 @@ def run_worker(
         storage_url, heartbeat=(execution.heartbeat_seconds, execution.grace_seconds)
     )
     study = studies.load(spec, storage)
+    device = pick_device()
     identity = {"worker": summary.worker, "node": node or socket.gethostname()}
+    capacity = trials_per_worker(execution.trials_per_worker, device)
+    running = _Running(study, spec, identity, device, capacity)
     idle_since: float | None = None
-    swept = 0.0
-    while deadline is None or time.time() < deadline:
-        if time.monotonic() - swept >= execution.heartbeat_seconds:  # staleness moves no faster
-            optuna.storages.fail_stale_trials(study)
-            swept = time.monotonic()
-        trial = studies.claim_trial(study, spec)
-        if trial is None:
-            idle_since = idle_since or time.monotonic()
-            waited = time.monotonic() - idle_since
-            if (
-                not _others_running(study)
-                or waited > execution.grace_seconds + execution.heartbeat_seconds
-            ):
-                break
-            time.sleep(IDLE_POLL_SECONDS)
-            continue
-        idle_since = None
-        with heartbeat(storage, trial._trial_id):
-            run_trial(study, trial, spec, identity)
-        summary.trials += 1
+    swept = next_claim = 0.0
+    with heartbeat(storage, running.trial_ids):
+        try:
+            while True:
+                now = time.monotonic()
+                if now - swept >= execution.heartbeat_seconds:  # staleness moves no faster
+                    optuna.storages.fail_stale_trials(study)
+                    swept = now
+                claiming = deadline is None or time.time() < deadline
+                if claiming and len(running) < capacity and now >= next_claim:
+                    trial = studies.claim_trial(study, spec)
+                    if trial is not None:
+                        idle_since = None
+                        running.start(trial)
+                        continue  # fill every place before the next step
+                    next_claim = now + IDLE_POLL_SECONDS
+                if running:
+                    running.step()
+                    continue
+                idle_since = idle_since or now
+                waited = now - idle_since
+                if (
+                    not claiming
+                    or not _others_running(study)
+                    or waited > execution.grace_seconds + execution.heartbeat_seconds
+                ):
+                    break
+                time.sleep(IDLE_POLL_SECONDS)
+        except BaseException:  # Ctrl-C or the task being cancelled: end the trials, then stop
+            running.fail_all("interrupted: the worker was stopped")
+            raise
+        finally:
+            summary.trials = running.finished
     return summary

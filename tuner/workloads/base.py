@@ -65,19 +65,37 @@ class Workload:
     preflight: Callable[[Any], None] | None = None
 
 
+#: Validation samples per forward pass: large enough to be quick, small enough for a CPU.
+EVAL_BATCH = 1000
+
+
 class MiniBatchTask:
     """Supervised training on tensors resident on the trial's device, in shuffled mini-batches.
 
-    Subclasses set the tensors, `model` and `batch_size`, and define `loss` and `evaluate`.
+    Subclasses set the tensors, `model` and `batch_size`, and define per-sample `sample_losses`
+    and `validation_terms`. Per sample, so a stack of trials (tuner.stacked) can mask the short
+    last batch of an epoch and compute exactly what one trial computes alone.
     """
 
     model: torch.nn.Module
     train_x: torch.Tensor
     train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
     batch_size: int
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def sample_losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of each sample (shape: batch); the step minimises their mean."""
         raise NotImplementedError
+
+    def validation_terms(
+        self, outputs: torch.Tensor, targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample values whose means over the validation set are the metrics."""
+        raise NotImplementedError
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.sample_losses(outputs, targets).mean()
 
     def steps_per_epoch(self) -> int:
         return -(-len(self.train_x) // self.batch_size)
@@ -89,3 +107,19 @@ class MiniBatchTask:
             yield lambda batch=batch: self.loss(
                 self.model(self.train_x[batch]), self.train_y[batch]
             )
+
+    @torch.no_grad()
+    def evaluate(
+        self, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> dict[str, float]:
+        """Validation metrics of `model`, or of `forward` (one trial's weights in a stack)."""
+        forward = forward or self.model
+        self.model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        for start in range(0, len(self.val_x), EVAL_BATCH):
+            batch = slice(start, start + EVAL_BATCH)
+            terms = self.validation_terms(forward(self.val_x[batch]), self.val_y[batch])
+            for name, values in terms.items():
+                sums[name] = sums.get(name, 0.0) + values.sum(dtype=torch.float64)
+        self.model.train()
+        return {name: float(total) / len(self.val_x) for name, total in sums.items()}

@@ -51,12 +51,13 @@ class Regression(MiniBatchTask):
         self.model = model.to(context.device)
         self.batch_size = context.batch_size
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.mse_loss(outputs, targets)
+    def sample_losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return ((outputs - targets) ** 2).mean(dim=1)
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        return {"val_loss": float(torch.nn.functional.mse_loss(self.model(self.val_x), self.val_y))}
+    def validation_terms(
+        self, outputs: torch.Tensor, targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return {"val_loss": self.sample_losses(outputs, targets)}
 
 
 def _linear_teacher(inputs: torch.Tensor, data: torch.Generator) -> torch.Tensor:

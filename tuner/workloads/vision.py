@@ -7,6 +7,7 @@ launch-bound at about 2 ms a step).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -15,9 +16,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from tuner.workloads.base import MiniBatchTask, Options, TrialContext, Workload
-
-#: Images per forward pass when evaluating; large enough to be quick, small enough for a CPU.
-EVAL_BATCH = 1000
 
 
 class SimpleCNN(nn.Module):
@@ -48,42 +46,52 @@ class VisionOptions(Options):
     data_dir: str | None = None
 
 
+@functools.lru_cache(maxsize=2)
+def _device_data(
+    options: VisionOptions, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The image set as tensors on `device`, loaded once per worker process and shared by its
+    trials (read-only): a stack of K trials would otherwise hold K copies."""
+    from tuner.datasets import load_dataset
+
+    data = load_dataset(options.dataset, Path(options.data_dir) if options.data_dir else None)
+
+    def images(array) -> torch.Tensor:
+        return torch.as_tensor(array, dtype=torch.float32).unsqueeze(1).to(device)
+
+    def labels(array) -> torch.Tensor:
+        return torch.as_tensor(array, dtype=torch.long).to(device)
+
+    return (
+        images(data.train_images),
+        labels(data.train_labels),
+        images(data.val_images),
+        labels(data.val_labels),
+        data.num_classes,
+    )
+
+
 class ImageClassification(MiniBatchTask):
     """Cross-entropy training of SimpleCNN on a data set resident on the trial's device."""
 
     def __init__(self, options: VisionOptions, context: TrialContext):
-        from tuner.datasets import load_dataset
-
-        data = load_dataset(options.dataset, Path(options.data_dir) if options.data_dir else None)
-        device = context.device
-
-        def images(array) -> torch.Tensor:
-            return torch.as_tensor(array, dtype=torch.float32).unsqueeze(1).to(device)
-
-        def labels(array) -> torch.Tensor:
-            return torch.as_tensor(array, dtype=torch.long).to(device)
-
-        self.train_x, self.train_y = images(data.train_images), labels(data.train_labels)
-        self.val_x, self.val_y = images(data.val_images), labels(data.val_labels)
+        self.train_x, self.train_y, self.val_x, self.val_y, classes = _device_data(
+            options, context.device
+        )
         torch.manual_seed(context.seed)
-        self.model = SimpleCNN(tuple(self.train_x.shape[-2:]), data.num_classes).to(device)
+        self.model = SimpleCNN(tuple(self.train_x.shape[-2:]), classes).to(context.device)
         self.batch_size = context.batch_size
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs, targets)
+    def sample_losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs, targets, reduction="none")
 
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        self.model.eval()
-        loss_sum, correct = 0.0, 0
-        for start in range(0, len(self.val_x), EVAL_BATCH):
-            logits = self.model(self.val_x[start : start + EVAL_BATCH])
-            targets = self.val_y[start : start + EVAL_BATCH]
-            loss_sum += float(F.cross_entropy(logits, targets, reduction="sum"))
-            correct += int((logits.argmax(1) == targets).sum())
-        self.model.train()
-        count = len(self.val_x)
-        return {"val_loss": loss_sum / count, "val_accuracy": correct / count}
+    def validation_terms(
+        self, outputs: torch.Tensor, targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        return {
+            "val_loss": F.cross_entropy(outputs, targets, reduction="none"),
+            "val_accuracy": (outputs.argmax(1) == targets).float(),
+        }
 
 
 def _require_data(options: VisionOptions) -> None:
