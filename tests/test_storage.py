@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from tuner.errors import StorageError
-from tuner.storage import default_storage_path, mask_url, open_storage, resolve_storage_url
+from tuner.storage import (
+    ResilientRDBStorage,
+    default_storage_path,
+    mask_url,
+    open_storage,
+    resolve_storage_url,
+)
 
 
 def test_default_is_one_file_in_the_user_data_folder(
@@ -64,3 +73,37 @@ def test_optuna_tools_read_our_studies(storage_url: str, study_name: str) -> Non
     plain = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
     assert [trial.state for trial in plain.trials] == [optuna.trial.TrialState.WAITING]
     assert storage.get_heartbeat_interval() is not None
+
+
+def _study(url: str, name: str, **heartbeat: Any) -> tuple[ResilientRDBStorage, int]:
+    storage = open_storage(url, **heartbeat)
+    study = optuna.create_study(study_name=name, storage=storage)
+    return storage, study._study_id
+
+
+def test_batched_user_attributes_are_what_optuna_writes_one_by_one(
+    storage_url: str, study_name: str
+) -> None:
+    storage, study_id = _study(storage_url, study_name)
+    ours, theirs = storage.create_new_trial(study_id), storage.create_new_trial(study_id)
+    attributes = {"config": {"lr": 0.1, "betas": [0.9, 0.99]}, "worker": "w0", "seed": 7}
+    storage.set_trial_user_attrs(ours, attributes)
+    storage.set_trial_user_attrs(ours, {"seed": 8, "curve": []})  # an upsert, as Optuna's is
+    for key, value in {**attributes, "seed": 8, "curve": []}.items():
+        optuna.storages.RDBStorage.set_trial_user_attr(storage, theirs, key, value)
+    assert storage.get_trial(ours).user_attrs == storage.get_trial(theirs).user_attrs
+    storage.set_trial_state_values(ours, TrialState.COMPLETE, [1.0])
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_user_attrs(ours, {"late": True})
+
+
+def test_heartbeats_are_upserted_and_a_silent_trial_goes_stale(
+    storage_url: str, study_name: str
+) -> None:
+    storage, study_id = _study(storage_url, study_name, heartbeat=(1, 1))
+    beating, silent = storage.create_new_trial(study_id), storage.create_new_trial(study_id)
+    storage.record_heartbeat(silent)
+    time.sleep(2.5)
+    storage.record_heartbeat(beating)  # its second beat: inserted first, then updated
+    storage.record_heartbeat(beating)
+    assert storage._get_stale_trial_ids(study_id) == [silent]
