@@ -9,9 +9,12 @@ from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
+from tuner import study as studies
 from tuner.errors import StorageError
+from tuner.spec import parse_spec
 from tuner.storage import (
     ResilientRDBStorage,
     default_storage_path,
@@ -107,3 +110,60 @@ def test_heartbeats_are_upserted_and_a_silent_trial_goes_stale(
     storage.record_heartbeat(beating)  # its second beat: inserted first, then updated
     storage.record_heartbeat(beating)
     assert storage._get_stale_trial_ids(study_id) == [silent]
+
+
+def test_claims_spend_the_budget_in_order_and_retries_come_on_top(
+    storage_url: str, study_name: str
+) -> None:
+    storage, study_id = _study(storage_url, study_name, heartbeat=(60, 120))
+    first, second = (storage.claim_trial(study_id, 3) for _ in range(2))
+    assert (first.number, second.number) == (0, 1)
+    assert first.state == TrialState.RUNNING and first.datetime_start is not None
+    # A retry of a dead worker's trial (WAITING, failed_trial) is claimed first, uncounted;
+    # a trial enqueued by hand is claimed first too, and counts.
+    storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
+    retry = optuna.trial.create_trial(
+        state=TrialState.WAITING, system_attrs={"failed_trial": 0}, params={}, distributions={}
+    )
+    retry_id = storage.create_new_trial(study_id, template_trial=retry)
+    enqueued_id = storage.create_new_trial(
+        study_id, template_trial=optuna.trial.create_trial(state=TrialState.WAITING)
+    )
+    claimed = [storage.claim_trial(study_id, 3) for _ in range(4)]
+    assert [trial._trial_id for trial in claimed[:2]] == [retry_id, enqueued_id]
+    assert claimed[0].system_attrs["failed_trial"] == 0
+    assert claimed[2] is None and claimed[3] is None  # 0, 1 and the enqueued one: 3
+    trials = storage.get_all_trials(study_id)
+    assert [trial.number for trial in trials] == [0, 1, 2, 3]
+    assert [trial.state for trial in trials] == [TrialState.FAIL] + [TrialState.RUNNING] * 3
+    # Every claimed trial has its heartbeat from the claim: a worker dying right after
+    # claiming leaves a trial that goes stale.
+    assert storage._get_stale_trial_ids(study_id) == []
+    with storage.engine.connect() as connection:
+        beating = connection.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))
+        assert {trial._trial_id for trial in trials[1:]} <= set(beating.scalars())
+
+
+def test_a_claimed_trial_takes_parameters_under_any_sampler(
+    storage_url: str, study_name: str
+) -> None:
+    """The claim bypasses Optuna's trial cache, which must still know the trial: the random
+    sampler reads no trials before the first parameter is set."""
+    spec = parse_spec(
+        {
+            "name": study_name,
+            "workload": {"name": "rosenbrock"},
+            "search": {"optimizers": ["sgd", "adam"]},
+            "budget": {"trials": 2, "epochs": 1},
+            "sampler": {"name": "grid"},  # random sampling, the optimizer fixed in turn
+        }
+    )
+    studies.create_or_resume(spec, open_storage(storage_url))
+    study = studies.load(spec, open_storage(storage_url))  # as a worker attaches
+    for optimizer in ["sgd", "adam"]:
+        trial = studies.claim_trial(study, spec)
+        assert trial.suggest_categorical("optimizer", ["sgd", "adam"]) == optimizer
+        trial.suggest_float("x", 0, 1)
+        study.tell(trial, 1.0)
+    assert studies.claim_trial(study, spec) is None
+    assert [trial.params["optimizer"] for trial in study.trials] == ["sgd", "adam"]

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ import sqlalchemy
 import sqlalchemy.exc
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 
@@ -114,6 +116,73 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                     session, models.TrialUserAttributeModel, trial_id, key, value
                 )
 
+    def claim_trial(
+        self,
+        study_id: int,
+        budget: int | None,
+        system_attrs: Callable[[int], dict[str, Any]] = lambda index: {},
+    ) -> FrozenTrial | None:
+        """A RUNNING trial for one worker, in one transaction: the study's oldest WAITING trial
+        (a retry, or one enqueued by hand), else a new one while fewer than `budget` trials
+        count against the budget; None when the budget is spent.
+
+        Retries of trials whose worker died (system attribute ``failed_trial``) do not count.
+        A new trial's system attributes are ``system_attrs(index)``, index being how many
+        trials counted before it. Its heartbeat is recorded in the same transaction (when
+        heartbeats are on), so a worker that dies right after claiming leaves a trial that goes
+        stale and is retried, never one left RUNNING for good.
+
+        Exact across processes because it holds the lock Optuna's own trial creation takes,
+        the study's row (``SELECT … FOR UPDATE``; SQLite: the write lock every transaction
+        takes at BEGIN IMMEDIATE), from the count to the commit. Optuna's ``ask()`` creates a
+        trial unconditionally, and has no count that leaves retries out: hence this SQL.
+        """
+        with _create_scoped_session(self.scoped_session) as session:
+            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+            made, retries, waiting_id = session.execute(_claim_query(study_id)).one()
+            if waiting_id is not None:
+                trial = models.TrialModel.find_or_raise_by_id(waiting_id, session, for_update=True)
+                if trial.state == TrialState.WAITING:  # a plain-Optuna ask() may have won it
+                    trial.state = TrialState.RUNNING
+                    trial.datetime_start = datetime.now()
+                    if self.heartbeat_interval is not None:
+                        self._record_heartbeat(session, trial.trial_id)
+                    return self._build_frozen_trial_from_trial_model(trial)
+            index = made - retries
+            if budget is not None and index >= budget:
+                return None
+            attrs = system_attrs(index)
+            # Under the study's lock, the trials made so far are exactly those before this
+            # one: its number is their count, as Optuna's count_past_trials() would make it.
+            trial = models.TrialModel(
+                study_id=study_id,
+                number=made,
+                state=TrialState.RUNNING,
+                datetime_start=datetime.now(),
+            )
+            session.add(trial)
+            session.flush()
+            for key, value in attrs.items():
+                self._set_trial_attr_without_commit(
+                    session, models.TrialSystemAttributeModel, trial.trial_id, key, value
+                )
+            if self.heartbeat_interval is not None:
+                self._record_heartbeat(session, trial.trial_id)
+            return FrozenTrial(
+                number=made,
+                state=TrialState.RUNNING,
+                value=None,
+                values=None,
+                datetime_start=trial.datetime_start,
+                datetime_complete=None,
+                params={},
+                distributions={},
+                user_attrs={},
+                system_attrs=attrs,
+                intermediate_values={},
+                trial_id=trial.trial_id,
+            )
+
     def record_heartbeat(self, trial_id: int) -> None:
         """Optuna's heartbeat in one statement, an upsert of the trial's heartbeat row (Optuna
         reads the row, reads it again for update, asks the server the time, then writes)."""
@@ -133,6 +202,26 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             session.add(models.TrialHeartbeatModel(trial_id=trial_id, heartbeat=now))
         else:
             heartbeat.heartbeat = now
+
+
+def _claim_query(study_id: int) -> sqlalchemy.Select:
+    """How many trials the study has, how many of them are retries, and its oldest WAITING
+    trial, in one round trip (hand-written: Optuna offers none of the three)."""
+    trials, attributes = models.TrialModel, models.TrialSystemAttributeModel
+    in_study = trials.study_id == study_id
+    made = sqlalchemy.select(sqlalchemy.func.count()).select_from(trials).where(in_study)
+    retries = (
+        sqlalchemy.select(sqlalchemy.func.count())
+        .select_from(attributes)
+        .join(trials, trials.trial_id == attributes.trial_id)
+        .where(in_study, attributes.key == "failed_trial")
+    )
+    waiting = sqlalchemy.select(sqlalchemy.func.min(trials.trial_id)).where(
+        in_study, trials.state == TrialState.WAITING
+    )
+    return sqlalchemy.select(
+        made.scalar_subquery(), retries.scalar_subquery(), waiting.scalar_subquery()
+    )
 
 
 def _upsert(
@@ -157,6 +246,7 @@ def _upsert(
 for _name in [
     *(name for name in dir(optuna.storages.BaseStorage) if not name.startswith("_")),
     "set_trial_user_attrs",
+    "claim_trial",
     "record_heartbeat",
     "_get_stale_trial_ids",
 ]:

@@ -1,8 +1,9 @@
 """Create or resume a study in storage from a spec: sampler, pruner, budget and provenance.
 
-Workers share the trial budget exactly. A worker first claims a WAITING trial (a retry of a
-trial whose worker died) with Optuna's atomic pop; otherwise, under a short study-wide lock,
-it counts the trials made so far and creates one only while the budget allows. Optuna's
+Workers share the trial budget exactly. In one transaction holding the study's row lock (the
+lock Optuna's own trial creation takes), a worker claims a WAITING trial (a retry of a trial
+whose worker died) if there is one; otherwise it counts the trials made so far and creates
+one only while the budget allows (tuner.storage.ResilientRDBStorage.claim_trial). Optuna's
 ``ask()`` creates a trial unconditionally, which would overshoot a shared budget. (Laying the
 budget down as WAITING trials instead made every trial several times dearer: Optuna reloads
 all unfinished trials whenever a sampler reads the study.)
@@ -10,13 +11,11 @@ all unfinished trials whenever a sampler reads the study.)
 
 from __future__ import annotations
 
-import fcntl
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
 import optuna
-import sqlalchemy
+from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.trial import TrialState
 
 from tuner.errors import SpecError
@@ -29,15 +28,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 #: The parts of a spec that define the search space; a resumed study must keep them.
 SEARCH_DEFINING = ("workload", "metric", "direction", "search", "optimizers")
-#: Namespace of the PostgreSQL advisory lock keys (the study id is added): "tuner" in ASCII.
-_LOCK_NAMESPACE = 0x74756E6572 << 16
-# Hand-written SQL on Optuna's schema: Optuna offers no count of a study's trials that leaves
-# out retries, and loading the trials to count them would cost what this module avoids.
-_COUNT_BUDGET_TRIALS = sqlalchemy.text(
-    "SELECT count(*) FROM trials t WHERE t.study_id = :study_id AND NOT EXISTS ("
-    "SELECT 1 FROM trial_system_attributes a WHERE a.trial_id = t.trial_id "
-    "AND a.key = 'failed_trial')"
-)
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -124,69 +114,40 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
     return study
 
 
-@contextmanager
-def _budget_lock(engine: sqlalchemy.Engine, study_id: int) -> Iterator[None]:
-    """Serialise count-then-create across every worker of a study, wherever it runs.
-
-    PostgreSQL: a session advisory lock, which the server releases if its holder dies.
-    SQLite (one machine): an exclusive flock on a file beside the database, which the kernel
-    releases if its holder dies; no SQLite transaction is held meanwhile. MySQL: a named lock.
-    """
-    if engine.dialect.name == "sqlite":
-        with open(f"{engine.url.database}.budget-lock", "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            yield
-        return
-    key = _LOCK_NAMESPACE + study_id
-    lock, unlock = {
-        "postgresql": ("SELECT pg_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"),
-        "mysql": (
-            "SELECT GET_LOCK(CONCAT('tuner-', :key), -1)",
-            "SELECT RELEASE_LOCK(CONCAT('tuner-', :key))",
-        ),
-    }[engine.dialect.name]
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(lock), {"key": key})
-        connection.commit()
-        try:
-            yield
-        finally:
-            connection.execute(sqlalchemy.text(unlock), {"key": key})
-            connection.commit()
-
-
-def _count_budget_trials(engine: sqlalchemy.Engine, study_id: int) -> int:
-    with engine.connect() as connection:  # its own short transaction, ended on close
-        return connection.execute(_COUNT_BUDGET_TRIALS, {"study_id": study_id}).scalar_one()
-
-
 def claim_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
     """A trial for this worker: a waiting retry, else a new one while the budget lasts.
 
     Returns None once ``[budget] trials`` trials have been handed out (retries not counted).
     """
     study._thread_local.cached_all_trials = None  # samplers see fresh trials, as in ask()
-    trial_id = study._pop_waiting_trial_id()  # Optuna's atomic claim, as ask() uses
-    if trial_id is None:
-        engine = rdb_backend(study._storage).engine
-        with _budget_lock(engine, study._study_id):
-            index = _count_budget_trials(engine, study._study_id)
-            if spec.budget.trials is not None and index >= spec.budget.trials:
-                return None
-            trial_id = study._storage.create_new_trial(
-                study._study_id, template_trial=_new_trial(spec, index)
-            )
-    return optuna.Trial(study, trial_id)
+    claimed = rdb_backend(study._storage).claim_trial(
+        study._study_id, spec.budget.trials, lambda index: _new_trial_attrs(spec, index)
+    )
+    if claimed is None:
+        return None
+    _remember(study, claimed)
+    return optuna.Trial(study, claimed._trial_id)
 
 
-def _new_trial(spec: StudySpec, index: int) -> optuna.trial.FrozenTrial:
-    """A RUNNING trial fixing no parameter, except under the grid sampler, where the budget's
-    index-th trial trains optimizer index mod n."""
-    fixed = {}
-    if spec.sampler.name == "grid":
-        optimizers = spec.search.optimizers
-        fixed = {"optimizer": optimizers[index % len(optimizers)]}
-    return optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={"fixed_params": fixed})
+def _new_trial_attrs(spec: StudySpec, index: int) -> dict[str, Any]:
+    """No parameter is fixed, except under the grid sampler, where the budget's index-th trial
+    trains optimizer index mod n (Optuna's ``fixed_params`` system attribute)."""
+    if spec.sampler.name != "grid":
+        return {}
+    optimizers = spec.search.optimizers
+    return {"fixed_params": {"optimizer": optimizers[index % len(optimizers)]}}
+
+
+def _remember(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Put a trial claimed past Optuna's trial cache into it, as its create_new_trial() does:
+    the cache must know a trial before the trial's first parameter is set."""
+    cache = study._storage
+    if not isinstance(cache, _CachedStorage):
+        return
+    with cache._lock:
+        cached = cache._studies.setdefault(study._study_id, _StudyInfo())
+        cache._add_trials_to_cache(study._study_id, [trial])
+        cached.unfinished_trial_ids.add(trial._trial_id)  # re-read until it finishes
 
 
 def retries(trials: list[optuna.trial.FrozenTrial]) -> int:
