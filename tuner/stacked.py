@@ -57,6 +57,7 @@ class _Row:
     key: object  # the caller's handle for this trial
     order: torch.Generator  # its data order, seeded as when it trains alone
     plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None
+    clips: bool  # whether it clips gradients (known here, so no step reads the device)
     steps: int = 0
 
 
@@ -135,7 +136,7 @@ class StackedTrials:
             max_norm=torch.tensor(config.max_grad_norm or math.inf),
             loss_sum=torch.zeros((), dtype=torch.float64),
         )
-        self._rows.append(_Row(key, order, plateau))
+        self._rows.append(_Row(key, order, plateau, config.max_grad_norm is not None))
 
     def remove(self, keys: list[object]) -> None:
         """Take these trials out of the stack (finished, pruned or failed)."""
@@ -161,7 +162,7 @@ class StackedTrials:
             self._params, self._template.train_x[samples], self._template.train_y[samples], mask
         )
         grads = list(grads.values())
-        if torch.isfinite(t["max_norm"]).any():
+        if any(row.clips for row in self._rows):
             self._clip(grads, t["max_norm"])
         rates = t["rate"].gather(1, t["step"][:, None]).squeeze(1)
         self._optimizer.step(list(self._params.values()), grads, rates)
