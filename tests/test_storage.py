@@ -167,3 +167,56 @@ def test_a_claimed_trial_takes_parameters_under_any_sampler(
         study.tell(trial, 1.0)
     assert studies.claim_trial(study, spec) is None
     assert [trial.params["optimizer"] for trial in study.trials] == ["sgd", "adam"]
+
+
+def _same_trial(ours: optuna.trial.FrozenTrial, theirs: optuna.trial.FrozenTrial) -> bool:
+    """Equal, a NaN intermediate value equal to a NaN."""
+    nan = float("nan")
+    mine = {k: nan if v != v else v for k, v in ours.intermediate_values.items()}
+    their = {k: nan if v != v else v for k, v in theirs.intermediate_values.items()}
+    same_nans = {k for k, v in mine.items() if v != v} == {k for k, v in their.items() if v != v}
+    values = {k: v for k, v in mine.items() if v == v} == {k: v for k, v in their.items() if v == v}
+    ours_rest = {**vars(ours), "intermediate_values": None}
+    theirs_rest = {**vars(theirs), "intermediate_values": None}
+    return same_nans and values and ours_rest == theirs_rest
+
+
+def test_trials_read_in_one_statement_are_what_optuna_reads(
+    storage_url: str, study_name: str
+) -> None:
+    storage, study_id = _study(storage_url, study_name)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    study.enqueue_trial({"optimizer": "adam"})
+    for index in range(5):
+        trial = study.ask()
+        trial.suggest_categorical("optimizer", ["sgd", "adam"])
+        trial.suggest_float("learning_rate", 1e-5, 1.0, log=True)
+        trial.suggest_int("layers", 1, 9, step=2)
+        trial.suggest_float("momentum", 0.0, 0.9, step=0.1)
+        trial.set_user_attr("config", {"betas": [0.9, 0.999], "nesterov": None})
+        storage.set_trial_system_attr(trial._trial_id, "note", f"trial {index}")
+        trial.report(float("nan") if index == 1 else 0.5 / (index + 1), 1)
+        trial.report(float("inf") if index == 2 else -float("inf"), 2)
+        if index < 4:
+            study.tell(trial, [0.25 * index, float("inf"), -float("inf"), 1.0][index])
+    study.enqueue_trial({"optimizer": "sgd"})
+    optuna_read = optuna.storages.RDBStorage._get_trials
+    theirs = optuna_read(storage, study_id, None, set(), -1)
+    ours = storage._get_trials(study_id, None, set(), -1)
+    assert len(ours) == len(theirs) == 6
+    assert all(_same_trial(a, b) for a, b in zip(ours, theirs, strict=True))
+    for trial in theirs:
+        assert _same_trial(storage.get_trial(trial._trial_id), trial)
+    # The refresh Optuna's trial cache makes: its unfinished trials and all after one id.
+    unfinished = {trial._trial_id for trial in theirs if not trial.state.is_finished()}
+    after = theirs[3]._trial_id
+    for states in (None, (TrialState.RUNNING, TrialState.WAITING), (TrialState.COMPLETE,)):
+        for included, last in ((unfinished, after), (set(), after), (unfinished, -1)):
+            expected = optuna_read(storage, study_id, states, included, last)
+            got = storage._get_trials(study_id, states, included, last)
+            assert [t.number for t in got] == [t.number for t in expected]
+            assert all(_same_trial(a, b) for a, b in zip(got, expected, strict=True))
+    with pytest.raises(KeyError):
+        storage.get_trial(max(unfinished) + 1000)
+    with pytest.raises(KeyError):
+        storage._get_trials(study_id + 1000, None, set(), -1)
