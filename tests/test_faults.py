@@ -319,3 +319,68 @@ def test_losing_a_ray_node_fails_its_trial_and_the_study_finishes(postgres_url: 
         cluster.shutdown()
         if name in optuna.get_all_study_names(open_storage(postgres_url)):
             optuna.delete_study(study_name=name, storage=open_storage(postgres_url))
+
+
+def stacked_spec(name: str, trials: int) -> StudySpec:
+    """Regression trials of several seconds each that stack (Adam), pruning off."""
+    return parse_spec(
+        {
+            "name": name,
+            "workload": {"name": "mlp_regression", "options": {"samples": 5_000}},
+            "search": {"optimizers": ["adam"], "weight_decay": "off", "batch_sizes": [32]},
+            "budget": {"trials": trials, "epochs": 12},
+            "pruner": {"name": "none"},
+            "execution": {**FAST_HEARTBEAT, "trials_per_worker": 3},
+        }
+    )
+
+
+def running_by(name: str, url: str, worker: str | None = None) -> list[FrozenTrial]:
+    return [
+        trial
+        for trial in trials_of(name, url)
+        if trial.state == TrialState.RUNNING
+        and trial.intermediate_values
+        and worker in (None, trial.user_attrs.get("worker"))
+    ]
+
+
+def test_a_sigkilled_batched_worker_has_all_its_trials_retried(
+    tuner_process: Callable[..., subprocess.Popen], sqlite_url: str
+) -> None:
+    studies.create_or_resume(stacked_spec("stacked-kill", trials=3), open_storage(sqlite_url))
+    victim = tuner_process("worker", "stacked-kill", "--storage", sqlite_url, "--name", "victim")
+    wait_for(
+        lambda: len(running_by("stacked-kill", sqlite_url, "victim")) == 3,
+        120,
+        "the victim to train three trials at once",
+    )
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+    rescuer = tuner_process(
+        "worker", "stacked-kill", "--storage", sqlite_url, "--name", "rescuer", "--batch", "3"
+    )
+    assert rescuer.wait(timeout=300) == 0, rescuer.stderr.read()
+    retries = assert_finished_with_retries(trials_of("stacked-kill", sqlite_url), budget=3)
+    assert len(retries) == 3
+    assert all(
+        t.state == TrialState.COMPLETE and t.user_attrs["worker"] == "rescuer" for t in retries
+    )
+
+
+def test_ctrl_c_ends_every_stacked_trial_as_fail(
+    tuner_process: Callable[..., subprocess.Popen], sqlite_url: str
+) -> None:
+    studies.create_or_resume(stacked_spec("stacked-stop", trials=3), open_storage(sqlite_url))
+    worker = tuner_process("worker", "stacked-stop", "--storage", sqlite_url)
+    wait_for(
+        lambda: len(running_by("stacked-stop", sqlite_url)) == 3,
+        120,
+        "the worker to train three trials at once",
+    )
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(timeout=60) == 130
+    trials = trials_of("stacked-stop", sqlite_url)
+    assert [trial.state for trial in trials] == [TrialState.FAIL] * 3
+    assert {t.user_attrs["fail_reason"] for t in trials} == {"interrupted: the worker was stopped"}
