@@ -138,7 +138,8 @@ def stacked(
     rates = torch.logspace(-4, -2, k).tolist()
     stack = StackedTrials(spec, vectorized_settings(adam(rates[0], batch_size)), batch_size, device)
     for index, rate in enumerate(rates):
-        stack.add(index, adam(rate, batch_size), index)
+        config = adam(rate, batch_size)
+        stack.add(index, config, index, vectorized_settings(config))
     if compiled:
         stack._step_grads = torch.compile(stack._step_grads)
 

@@ -68,11 +68,13 @@ def family(target: str, *variants: dict[str, Any], batch_size: int = 32) -> list
 
 
 FAMILIES: dict[str, list[TrainingConfig]] = {
+    "sgd": family(
+        "torch.optim:SGD", {"lr": 0.05}, {"lr": 0.02, "weight_decay": 1e-3, "dampening": 0.5}
+    ),
     "sgd-momentum": family(
         "torch.optim:SGD",
-        {"lr": 0.05},
         {"lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3},
-        {"lr": 0.01, "momentum": 0.5, "max_grad_norm": 0.5},
+        {"lr": 0.01, "momentum": 0.5, "max_grad_norm": 0.5, "dampening": 0.1},
     ),
     "nesterov": family(
         "torch.optim:SGD",
@@ -129,7 +131,7 @@ def compare(
     for tick in range(10_000):
         for i, config in enumerate(configs):
             if join_at.get(i, 0) == tick:
-                stack.add(i, config, 10 + i)
+                stack.add(i, config, 10 + i, vectorized_settings(config))
         if not stack.keys:
             break
         ended = stack.step()
@@ -194,10 +196,12 @@ def test_a_trial_joining_mid_epoch_follows_its_trajectory() -> None:
 
 def test_a_diverging_trial_leaves_the_others_unharmed() -> None:
     spec = make_spec(*REGRESSION)
-    sane, wild = family("torch.optim:SGD", {"lr": 0.02, "momentum": 0.9}, {"lr": 1e6})
+    sane, wild = family(
+        "torch.optim:SGD", {"lr": 0.02, "momentum": 0.9}, {"lr": 1e6, "momentum": 0.9}
+    )
     stack = StackedTrials(spec, vectorized_settings(sane), 32, CPU)
-    stack.add("sane", sane, 1)
-    stack.add("wild", wild, 2)
+    stack.add("sane", sane, 1, vectorized_settings(sane))
+    stack.add("wild", wild, 2, vectorized_settings(wild))
     alone = TrialTraining(spec, sane, 1, CPU)
     for epoch in range(EPOCHS):
         while not stack.step():
@@ -243,4 +247,20 @@ def test_a_trial_of_another_rule_is_refused_by_a_stack() -> None:
     adam, sgd = FAMILIES["adam-warmup"][0], FAMILIES["sgd-momentum"][0]
     stack = StackedTrials(spec, vectorized_settings(adam), 32, CPU)
     with pytest.raises(ValueError, match="does not belong"):
-        stack.add(0, sgd, 0)
+        stack.add(0, sgd, 0, vectorized_settings(sgd))
+
+
+def test_a_trial_that_cannot_join_leaves_the_stack_as_it_was() -> None:
+    spec = make_spec(*REGRESSION)
+    good = FAMILIES["adam-warmup"][0]
+    broken = TrainingConfig(**{**good.to_dict(), "schedule": "no-such-schedule"})
+    stack = StackedTrials(spec, vectorized_settings(good), 32, CPU)
+    stack.add("good", good, 1, vectorized_settings(good))
+    with pytest.raises(ValueError, match="unknown schedule"):
+        stack.add("broken", broken, 2, vectorized_settings(broken))
+    assert stack.keys == ["good"]
+    alone = TrialTraining(spec, good, 1, CPU)
+    while not stack.step():
+        alone.step()
+    alone.step()
+    assert stack.end_epoch("good").metrics == pytest.approx(alone.end_epoch().metrics, rel=1e-3)

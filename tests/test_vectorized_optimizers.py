@@ -35,6 +35,9 @@ def config(target: str, lr: float, weight_decay: float = 0.0, **knobs) -> Traini
 TRIALS: dict[str, list[TrainingConfig]] = {
     "sgd": [
         config("torch.optim:SGD", 0.1),
+        config("torch.optim:SGD", 0.05, 1e-2, dampening=0.5),  # no buffer: dampening unused
+    ],
+    "momentum": [
         config("torch.optim:SGD", 0.05, 1e-2, momentum=0.9),
         config("torch.optim:SGD", 0.2, momentum=0.5, dampening=0.1),
     ],
@@ -151,8 +154,9 @@ def test_every_rule_is_covered() -> None:
         config("pytorch_optimizer:Lion", 1e-4, use_gc=True),
         config("torch.optim:RAdam", 1e-3),
         config("pytorch_optimizer:Lamb", 1e-3),
+        config("torch.optim:SGD", 1e-2, nesterov=True),  # the library refuses it
     ],
-    ids=["amsgrad", "maximize", "lion-gc", "radam", "lamb"],
+    ids=["amsgrad", "maximize", "lion-gc", "radam", "lamb", "nesterov-without-momentum"],
 )
 def test_what_no_rule_reproduces_falls_back(trial: TrainingConfig) -> None:
     assert vectorized_settings(trial) is None

@@ -29,7 +29,6 @@ from tuner.vectorized_optimizers import (
     VectorizedOptimizer,
     VectorizedSettings,
     per_slot,
-    vectorized_settings,
 )
 from tuner.workloads import TrialContext, build_trainable
 from tuner.workloads.base import MiniBatchTask
@@ -54,7 +53,7 @@ def stack_key(config: TrainingConfig, settings: VectorizedSettings) -> Hashable:
 class _Row:
     """One stacked trial's host-side counters."""
 
-    key: object  # the caller's handle for this trial
+    key: Hashable  # the caller's handle for this trial
     order: torch.Generator  # its data order, seeded as when it trains alone
     plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None
     clips: bool  # whether it clips gradients (known here, so no step reads the device)
@@ -104,51 +103,64 @@ class StackedTrials:
         return len(self._rows)
 
     @property
-    def keys(self) -> list[object]:
+    def keys(self) -> list[Hashable]:
         """The handles of the stacked trials, in row order."""
         return [row.key for row in self._rows]
 
-    def add(self, key: object, config: TrainingConfig, seed: int) -> None:
-        """Stack one more trial, initialised exactly as `TrialTraining` initialises it."""
-        settings = vectorized_settings(config)
-        if settings is None or (settings.rule, dict(settings.flags)) != (self.rule, self.flags):
+    def add(
+        self, key: Hashable, config: TrainingConfig, seed: int, settings: VectorizedSettings
+    ) -> None:
+        """Stack one more trial (its `vectorized_settings`), initialised exactly as
+        `TrialTraining` initialises it. All or nothing: if it fails, the stack is unchanged."""
+        if (settings.rule, dict(settings.flags), config.batch_size) != (
+            self.rule,
+            self.flags,
+            self.batch_size,
+        ):
             raise ValueError(f"{config.optimizer} does not belong in this stack")
         torch.manual_seed(seed)
         trainable = build_trainable(
             self.spec.workload,
             TrialContext(seed=seed, device=self.device, batch_size=self.batch_size),
         )
-        if self._template is None:
-            self._start(trainable)
-        for name, param in trainable.model.named_parameters():
-            self._params[name] = torch.cat([self._params[name], param.detach()[None]])
-        self._optimizer.append(settings)
-        steps = self._template.steps_per_epoch()
         rates, plateau = learning_rate_table(
-            config, steps, self.spec.budget.epochs, self.spec.direction
+            config, trainable.steps_per_epoch(), self.spec.budget.epochs, self.spec.direction
         )
         order = torch.Generator().manual_seed(seed)
-        self._append_row(
-            order=self._permutation(order),
-            position=torch.zeros((), dtype=torch.long),
-            step=torch.zeros((), dtype=torch.long),
-            rate=torch.tensor(rates, dtype=torch.float64),
-            max_norm=torch.tensor(config.max_grad_norm or math.inf),
-            loss_sum=torch.zeros((), dtype=torch.float64),
-        )
+        if self._template is None:
+            self._start(trainable)
+        try:
+            for name, param in trainable.model.named_parameters():
+                self._params[name] = torch.cat([self._params[name], param.detach()[None]])
+            self._optimizer.append(settings)
+            self._append_row(
+                order=self._permutation(order),
+                position=torch.zeros((), dtype=torch.long),
+                step=torch.zeros((), dtype=torch.long),
+                rate=torch.tensor(rates, dtype=torch.float64),
+                max_norm=torch.tensor(config.max_grad_norm or math.inf),
+                loss_sum=torch.zeros((), dtype=torch.float64),
+            )
+        except BaseException:  # out of memory part-way: drop the part-added row
+            self._select(list(range(len(self._rows))))
+            raise
         self._rows.append(_Row(key, order, plateau, config.max_grad_norm is not None))
 
-    def remove(self, keys: list[object]) -> None:
+    def remove(self, keys: list[Hashable]) -> None:
         """Take these trials out of the stack (finished, pruned or failed)."""
         keep = [index for index, row in enumerate(self._rows) if row.key not in keys]
+        self._select(keep)
+        self._rows = [self._rows[index] for index in keep]
+
+    def _select(self, keep: list[int]) -> None:
+        """Keep only these rows of every per-trial tensor, in this order."""
         rows = torch.tensor(keep, dtype=torch.long, device=self.device)
         for mapping in (self._params, self._tensors):
             for name, tensor in mapping.items():
                 mapping[name] = tensor.index_select(0, rows)
         self._optimizer.keep(rows)
-        self._rows = [self._rows[index] for index in keep]
 
-    def step(self) -> list[object]:
+    def step(self) -> list[Hashable]:
         """One optimizer step of every stacked trial; returns the keys whose epoch just ended."""
         t = self._tensors
         total = len(self._template.train_x)
@@ -177,7 +189,7 @@ class StackedTrials:
                 ended.append(row.key)
         return ended
 
-    def end_epoch(self, key: object) -> EpochResult:
+    def end_epoch(self, key: Hashable) -> EpochResult:
         """Evaluate one trial whose epoch just ended, and set it up for its next epoch."""
         index = self.keys.index(key)
         row, t = self._rows[index], self._tensors

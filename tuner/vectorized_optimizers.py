@@ -5,9 +5,9 @@ Written by hand because no library does this: torch.optim and pytorch-optimizer 
 learning rate, β and ε per parameter group, and their foreach and fused kernels batch over a
 model's parameters, not over trials with different hyperparameters. K parameter groups would
 cost K kernel launches per operation: the launch-bound regime batching exists to leave. Each
-rule below mirrors its library's single-tensor update operation by operation (same order,
-same float64 scalars), and tests/test_vectorized_optimizers.py checks every rule step by step
-against the library class on the same gradients.
+rule below mirrors its library's single-tensor update operation by operation, with the same
+float64 scalars (equal to rounding: a fused ``addcdiv`` becomes a product and a quotient), and
+tests/test_vectorized_optimizers.py checks every rule step by step against the library class.
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def per_slot(values: Tensor, like: Tensor) -> Tensor:
 
 
 def _sgd(params, grads, states, h, step, flags) -> None:
+    if not flags["uses_momentum"]:
+        _plain_sgd(params, grads, h)
+        return
     lr, momentum, dampening, decay = h["lr"], h["momentum"], h["dampening"], h["weight_decay"]
     first = step == 1
     for param, grad, state in zip(params, grads, states, strict=True):
@@ -78,9 +81,15 @@ def _sgd(params, grads, states, h, step, flags) -> None:
                 buffer * per_slot(momentum, param) + per_slot(1 - dampening, param) * grad,
             )
         )
-        # Momentum 0 leaves the buffer equal to the gradient: plain SGD, bit for bit.
         grad = grad + per_slot(momentum, param) * buffer if flags["nesterov"] else buffer
         param.sub_(per_slot(lr, param) * grad)
+
+
+def _plain_sgd(params, grads, h) -> None:
+    """SGD with momentum 0: torch keeps no buffer, so dampening does not apply."""
+    for param, grad in zip(params, grads, strict=True):
+        grad = grad + per_slot(h["weight_decay"], param) * param
+        param.sub_(per_slot(h["lr"], param) * grad)
 
 
 def _rmsprop(params, grads, states, h, step, flags) -> None:
@@ -185,6 +194,7 @@ RULES: dict[str, VectorizedRule] = {
             ("nesterov",),
             ("momentum_buffer",),
             _sgd,
+            derived_flags={"uses_momentum": lambda values: values["momentum"] != 0},
         ),
         VectorizedRule(
             "torch.optim:RMSprop",
@@ -276,6 +286,10 @@ def vectorized_settings(config: TrainingConfig) -> VectorizedSettings | None:
             return None  # maximize, amsgrad, gradient centralisation, ...: not implemented
     for name, derive in rule.derived_flags.items():
         flags[name] = derive(values)
+    try:  # the library's own checks (Nesterov needs momentum, β in [0, 1), ...)
+        config.build_optimizer([torch.zeros(1, requires_grad=True)])
+    except (ValueError, TypeError):
+        return None  # trained alone, the trial fails with the library's message
     return VectorizedSettings(rule, values, tuple(sorted(flags.items())))
 
 

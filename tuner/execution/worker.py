@@ -85,11 +85,11 @@ def heartbeat(
 
     def beat() -> None:
         while not stop.wait(interval):
-            for trial_id in trial_ids():
-                try:
+            try:
+                for trial_id in trial_ids():
                     storage.record_heartbeat(trial_id)
-                except Exception:  # a missed beat is retried next interval; the trial goes on
-                    logger.warning("heartbeat for trial %d failed", trial_id, exc_info=True)
+            except Exception:  # a missed beat is retried next interval; the trials go on
+                logger.warning("heartbeat failed", exc_info=True)
 
     thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
     thread.start()
@@ -115,11 +115,11 @@ class _Slot:
 class _Group(Protocol):
     """Trials stepped together: a `StackedTrials`, or one trial alone (`_Alone`)."""
 
-    keys: list[int]
+    keys: list[Hashable]
 
-    def step(self) -> list[int]: ...
-    def end_epoch(self, key: int) -> EpochResult: ...
-    def remove(self, keys: list[int]) -> None: ...
+    def step(self) -> list[Hashable]: ...
+    def end_epoch(self, key: Hashable) -> EpochResult: ...
+    def remove(self, keys: list[Hashable]) -> None: ...
 
 
 class _Alone:
@@ -219,9 +219,13 @@ class _Running:
                 del self.groups[key]
 
     def fail_all(self, reason: str) -> None:
-        """End every trial still training as FAIL (the worker is stopping)."""
+        """End every trial still training as FAIL (the worker is stopping); one that cannot
+        be told now is left to go stale and be retried by another worker."""
         for number in list(self.slots):
-            self._end(number, TrialState.FAIL, None, reason)
+            try:
+                self._end(number, TrialState.FAIL, None, reason)
+            except Exception:
+                logger.warning("could not record trial %d as failed", number, exc_info=True)
         self.groups.clear()
 
     def _stacking(self) -> bool:
@@ -242,9 +246,11 @@ class _Running:
             self.groups[("alone", number)] = _Alone(number, training)
             return
         key = stack_key(config, settings)
-        if key not in self.groups:
-            self.groups[key] = StackedTrials(self.spec, settings, config.batch_size, self.device)
-        self.groups[key].add(number, config, slot.seed)
+        stack = self.groups.get(key) or StackedTrials(
+            self.spec, settings, config.batch_size, self.device
+        )
+        stack.add(number, config, slot.seed, settings)
+        self.groups[key] = stack  # registered once it holds the trial
 
     def _close_epoch(self, group: _Group, number: int) -> bool:
         """Judge one trial's finished epoch; True when the trial has ended."""
@@ -261,8 +267,10 @@ class _Running:
         return True
 
     def _end(self, number: int, state: TrialState, value: float | None, reason: str | None):
-        slot = self.slots.pop(number)
-        _finish(self.study, slot, self.device, state, value, reason)
+        # Told before it leaves `slots`: if the storage fails here, the trial keeps its
+        # heartbeat and `fail_all` still ends it.
+        _finish(self.study, self.slots[number], self.device, state, value, reason)
+        del self.slots[number]
         self.finished += 1
 
 
