@@ -84,7 +84,7 @@ def _study(url: str, name: str, **heartbeat: Any) -> tuple[ResilientRDBStorage, 
     return storage, study._study_id
 
 
-def test_batched_user_attributes_are_what_optuna_writes_one_by_one(
+def test_attributes_written_in_one_statement_are_what_optuna_writes(
     storage_url: str, study_name: str
 ) -> None:
     storage, study_id = _study(storage_url, study_name)
@@ -94,7 +94,14 @@ def test_batched_user_attributes_are_what_optuna_writes_one_by_one(
     storage.set_trial_user_attrs(ours, {"seed": 8, "curve": []})  # an upsert, as Optuna's is
     for key, value in {**attributes, "seed": 8, "curve": []}.items():
         optuna.storages.RDBStorage.set_trial_user_attr(storage, theirs, key, value)
+    storage.set_trial_system_attr(ours, "relative_params:0", '{"lr": 0.1}')
+    storage.set_trial_system_attr(ours, "retry_history", [3, 4])
+    optuna.storages.RDBStorage.set_trial_system_attr(
+        storage, theirs, "relative_params:0", '{"lr": 0.1}'
+    )
+    optuna.storages.RDBStorage.set_trial_system_attr(storage, theirs, "retry_history", [3, 4])
     assert storage.get_trial(ours).user_attrs == storage.get_trial(theirs).user_attrs
+    assert storage.get_trial(ours).system_attrs == storage.get_trial(theirs).system_attrs
     storage.set_trial_state_values(ours, TrialState.COMPLETE, [1.0])
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         storage.set_trial_user_attrs(ours, {"late": True})

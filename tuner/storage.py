@@ -95,29 +95,43 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         """Several user attributes in one transaction of two statements.
 
         Optuna's ``set_trial_user_attr`` spends a transaction, a trial lookup and an upsert on
-        each attribute; this looks the trial up once and upserts every row in one statement.
+        each attribute; this looks the trial up once and upserts the rows in one executemany.
         The rows are the ones Optuna writes (key, JSON value), and a finished trial is refused
         the same way, with UpdateFinishedTrialError.
         """
+        self._set_trial_attrs(models.TrialUserAttributeModel, trial_id, attributes)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._set_trial_attrs(models.TrialUserAttributeModel, trial_id, {key: value})
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._set_trial_attrs(models.TrialSystemAttributeModel, trial_id, {key: value})
+
+    def _set_trial_attrs(self, model: Any, trial_id: int, attributes: dict[str, Any]) -> None:
+        """Optuna's _set_trial_attr_without_commit for several attributes, with a statement
+        built once instead of on every call (see _upsert)."""
         if not attributes:
+            return
+        with _create_scoped_session(self.scoped_session, True) as session:
+            state = session.execute(_trial_state(), {"trial_id": trial_id}).scalar()
+            if state is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            self.check_trial_is_updatable(trial_id, state)
+            self._set_attrs_in(session, model, trial_id, attributes)
+
+    def _set_attrs_in(
+        self, session: Any, model: Any, trial_id: int, attributes: dict[str, Any]
+    ) -> None:
+        upsert = _upsert(self.engine.dialect.name, model.__tablename__)
+        if upsert is None:  # another database: Optuna's own way, row by row
+            for key, value in attributes.items():
+                self._set_trial_attr_without_commit(session, model, trial_id, key, value)
             return
         rows = [
             {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
             for key, value in attributes.items()
         ]
-        with _create_scoped_session(self.scoped_session, True) as session:
-            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-            self.check_trial_is_updatable(trial_id, trial.state)
-            upsert = _upsert(
-                self.engine.dialect.name, models.TrialUserAttributeModel, rows, "value_json"
-            )
-            if upsert is not None:
-                session.execute(upsert)
-                return
-            for key, value in attributes.items():  # another database: Optuna's own, row by row
-                self._set_trial_attr_without_commit(
-                    session, models.TrialUserAttributeModel, trial_id, key, value
-                )
+        session.execute(upsert, rows)
 
     def claim_trial(
         self,
@@ -141,8 +155,11 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         trial unconditionally, and has no count that leaves retries out: hence this SQL.
         """
         with _create_scoped_session(self.scoped_session) as session:
-            models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
-            made, retries, waiting_id = session.execute(_claim_query(study_id)).one()
+            if session.execute(_lock_study(), {"study_id": study_id}).first() is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            made, retries, waiting_id = session.execute(
+                _claim_query(), {"study_id": study_id}
+            ).one()
             if waiting_id is not None:
                 trial = models.TrialModel.find_or_raise_by_id(waiting_id, session, for_update=True)
                 if trial.state == TrialState.WAITING:  # a plain-Optuna ask() may have won it
@@ -155,35 +172,35 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             if budget is not None and index >= budget:
                 return None
             attrs = system_attrs(index)
+            started = datetime.now()  # stored as naive UTC, as TrialModel stores it
             # Under the study's lock, the trials made so far are exactly those before this
             # one: its number is their count, as Optuna's count_past_trials() would make it.
-            trial = models.TrialModel(
-                study_id=study_id,
-                number=made,
-                state=TrialState.RUNNING,
-                datetime_start=datetime.now(),
-            )
-            session.add(trial)
-            session.flush()
-            for key, value in attrs.items():
-                self._set_trial_attr_without_commit(
-                    session, models.TrialSystemAttributeModel, trial.trial_id, key, value
-                )
+            (trial_id,) = session.execute(
+                _insert_trial(),
+                {
+                    "study_id": study_id,
+                    "number": made,
+                    "state": TrialState.RUNNING,
+                    "datetime_start": started.astimezone(UTC).replace(tzinfo=None),
+                },
+            ).inserted_primary_key
+            if attrs:
+                self._set_attrs_in(session, models.TrialSystemAttributeModel, trial_id, attrs)
             if self.heartbeat_interval is not None:
-                self._record_heartbeat(session, trial.trial_id)
+                self._record_heartbeat(session, trial_id)
             return FrozenTrial(
                 number=made,
                 state=TrialState.RUNNING,
                 value=None,
                 values=None,
-                datetime_start=trial.datetime_start,
+                datetime_start=started,
                 datetime_complete=None,
                 params={},
                 distributions={},
                 user_attrs={},
                 system_attrs=attrs,
                 intermediate_values={},
-                trial_id=trial.trial_id,
+                trial_id=trial_id,
             )
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -194,12 +211,11 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
     def _record_heartbeat(self, session: Any, trial_id: int) -> None:
         """Record the trial's heartbeat, the server's time, in the session's transaction."""
-        now = sqlalchemy.func.current_timestamp()
-        row = {"trial_id": trial_id, "heartbeat": now}
-        upsert = _upsert(self.engine.dialect.name, models.TrialHeartbeatModel, [row], "heartbeat")
+        upsert = _upsert(self.engine.dialect.name, "trial_heartbeats")
         if upsert is not None:
-            session.execute(upsert)
+            session.execute(upsert, {"trial_id": trial_id})
             return
+        now = sqlalchemy.func.current_timestamp()
         heartbeat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
         if heartbeat is None:
             session.add(models.TrialHeartbeatModel(trial_id=trial_id, heartbeat=now))
@@ -245,24 +261,23 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         return _build_trials(rows)
 
 
-def _claim_query(study_id: int) -> sqlalchemy.Select:
-    """How many trials the study has, how many of them are retries, and its oldest WAITING
-    trial, in one round trip (hand-written: Optuna offers none of the three)."""
-    trials, attributes = models.TrialModel, models.TrialSystemAttributeModel
-    in_study = trials.study_id == study_id
-    made = sqlalchemy.select(sqlalchemy.func.count()).select_from(trials).where(in_study)
-    retries = (
-        sqlalchemy.select(sqlalchemy.func.count())
-        .select_from(attributes)
-        .join(trials, trials.trial_id == attributes.trial_id)
-        .where(in_study, attributes.key == "failed_trial")
+@functools.cache
+def _claim_query() -> sqlalchemy.Select:
+    """How many trials the study ``study_id`` has, how many of them are retries, and its
+    oldest WAITING trial, in one pass over its trials (hand-written: Optuna offers none of
+    the three). A retry is found by an index probe per trial, in the select list so that the
+    database cannot turn it into a scan of every study's system attributes."""
+    trials = models.TrialModel.__table__
+    attributes = models.TrialSystemAttributeModel.__table__
+    is_retry = sqlalchemy.exists().where(
+        attributes.c.trial_id == trials.c.trial_id, attributes.c.key == "failed_trial"
     )
-    waiting = sqlalchemy.select(sqlalchemy.func.min(trials.trial_id)).where(
-        in_study, trials.state == TrialState.WAITING
-    )
+    waiting = sqlalchemy.case((trials.c.state == TrialState.WAITING, trials.c.trial_id))
     return sqlalchemy.select(
-        made.scalar_subquery(), retries.scalar_subquery(), waiting.scalar_subquery()
-    )
+        sqlalchemy.func.count(),
+        sqlalchemy.func.coalesce(sqlalchemy.func.sum(sqlalchemy.case((is_retry, 1), else_=0)), 0),
+        sqlalchemy.func.min(waiting),
+    ).where(trials.c.study_id == sqlalchemy.bindparam("study_id"))
 
 
 #: Above this many trials, a read is left to Optuna: the IN list of their ids could exceed
@@ -450,21 +465,56 @@ def _trials_of_study(states: bool, included: bool, after: bool) -> Any:
     return _trial_rows(sqlalchemy.and_(*where))
 
 
-def _upsert(
-    dialect: str, table: type[models.BaseModel], rows: list[dict[str, Any]], value: str
-) -> Any:
-    """One INSERT … ON CONFLICT/DUPLICATE KEY UPDATE `value` of `rows` into a trial's attribute
-    or heartbeat table, keyed as Optuna keys them (trial and key, or trial); None on a database
-    without such a statement, where Optuna's row-by-row way is used instead."""
+@functools.cache
+def _lock_study() -> Any:
+    """Lock the study ``study_id``'s row, as Optuna's trial creation does (FOR UPDATE)."""
+    table = models.StudyModel.__table__
+    study_id = sqlalchemy.bindparam("study_id")
+    return sqlalchemy.select(table.c.study_id).where(table.c.study_id == study_id).with_for_update()
+
+
+@functools.cache
+def _insert_trial() -> Any:
+    """Insert a trial (number, study_id, state, datetime_start); its id comes back as the
+    result's inserted_primary_key (RETURNING where the database has it)."""
+    table = models.TrialModel.__table__
+    columns = ("number", "study_id", "state", "datetime_start")
+    values = {name: sqlalchemy.bindparam(name, type_=table.c[name].type) for name in columns}
+    return table.insert().values(values)
+
+
+@functools.cache
+def _trial_state() -> Any:
+    """A trial's state, by id (parameter ``trial_id``): what Optuna loads a whole ORM object
+    for before each write."""
+    table = models.TrialModel.__table__
+    return sqlalchemy.select(table.c.state).where(
+        table.c.trial_id == sqlalchemy.bindparam("trial_id")
+    )
+
+
+@functools.cache
+def _upsert(dialect: str, table_name: str) -> Any:
+    """INSERT … ON CONFLICT/DUPLICATE KEY UPDATE of a trial's user or system attribute
+    (parameters trial_id, key, value_json; several rows at once as an executemany) or heartbeat
+    (parameter trial_id; the time is the server's), keyed as Optuna keys them; None on a
+    database without such a statement, where Optuna's row-by-row way is used instead.
+    Built once: building a statement costs more client CPU than running it."""
+    table = models.BaseModel.metadata.tables[table_name]
+    if table_name == "trial_heartbeats":
+        keys, value = ["trial_id"], "heartbeat"
+        values = {"trial_id": sqlalchemy.bindparam("trial_id"), value: sqlalchemy.func.now()}
+    else:
+        keys, value = ["trial_id", "key"], "value_json"
+        values = {name: sqlalchemy.bindparam(name) for name in ("trial_id", "key", value)}
     if dialect == "postgresql" or (dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 24)):
         statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-        statement = statement.values(rows)
-        keys = [table.trial_id] + ([table.key] if hasattr(table, "key") else [])
+        statement = statement.values(values)
         return statement.on_conflict_do_update(
             index_elements=keys, set_={value: getattr(statement.excluded, value)}
         )
     if dialect == "mysql":
-        statement = mysql.insert(table).values(rows)
+        statement = mysql.insert(table).values(values)
         return statement.on_duplicate_key_update({value: getattr(statement.inserted, value)})
     return None
 
