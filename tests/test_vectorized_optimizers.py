@@ -141,6 +141,27 @@ def test_rule_follows_the_library_step_by_step(name: str, schedule: bool) -> Non
     assert min(moved) > 1e-4, "the parameters must have moved for the comparison to mean much"
 
 
+@pytest.mark.parametrize("name", sorted(TRIALS))
+def test_a_group_holds_the_state_its_library_keeps(name: str) -> None:
+    """No state tensor the group's branch never reads (RMSprop without centering or
+    momentum keeps one tensor, not three): the library's own state after a step says which."""
+    trial = TRIALS[name][0]
+    settings = vectorized_settings(trial)
+    params = [p.clone().requires_grad_() for p in start(0)]
+    library = trial.build_optimizer(params)
+    loss(*params).backward()
+    library.step()
+    kept = {
+        key
+        for key, value in library.state[params[0]].items()
+        if isinstance(value, torch.Tensor) and value.shape == params[0].shape
+    }
+    stacked = [torch.stack([p]) for p in start(0)]
+    vectorized = VectorizedOptimizer(settings.rule, dict(settings.flags), stacked)
+    vectorized.append(settings)
+    assert all(set(state) == kept for state in vectorized.states)
+
+
 def test_every_rule_is_covered() -> None:
     covered = {trial.target for trials in TRIALS.values() for trial in trials}
     assert covered == set(RULES)

@@ -47,6 +47,8 @@ class VectorizedRule:
         fixed_flags: flags the library class sets without a kwarg (AdamW's decoupled decay).
         derived_flags: flags computed from the hyperparameters where the library branches on
             a value (RMSprop on momentum > 0), so each group follows its library's branch.
+        state_flags: the flag a state tensor is kept under (RMSprop's grad_avg only when
+            centered), so a group allocates no state its branch never reads.
     """
 
     target: str
@@ -57,6 +59,15 @@ class VectorizedRule:
     initial_state: Mapping[str, str] = field(default_factory=dict)
     fixed_flags: Mapping[str, Any] = field(default_factory=dict)
     derived_flags: Mapping[str, Callable[[Mapping[str, float]], Any]] = field(default_factory=dict)
+    state_flags: Mapping[str, str] = field(default_factory=dict)
+
+    def state_under(self, flags: Flags) -> tuple[str, ...]:
+        """The state tensors a group with these flags reads."""
+        return tuple(
+            name
+            for name in self.state
+            if name not in self.state_flags or flags[self.state_flags[name]]
+        )
 
 
 def per_slot(values: Tensor, like: Tensor) -> Tensor:
@@ -195,6 +206,7 @@ RULES: dict[str, VectorizedRule] = {
             ("momentum_buffer",),
             _sgd,
             derived_flags={"uses_momentum": lambda values: values["momentum"] != 0},
+            state_flags={"momentum_buffer": "uses_momentum"},
         ),
         VectorizedRule(
             "torch.optim:RMSprop",
@@ -203,6 +215,7 @@ RULES: dict[str, VectorizedRule] = {
             ("square_avg", "grad_avg", "momentum_buffer"),
             _rmsprop,
             derived_flags={"uses_momentum": lambda values: values["momentum"] > 0},
+            state_flags={"grad_avg": "centered", "momentum_buffer": "uses_momentum"},
         ),
         VectorizedRule(
             "torch.optim:Adagrad",
@@ -302,7 +315,7 @@ class VectorizedOptimizer:
         self.rule, self.flags = rule, dict(flags)
         float64 = {"dtype": torch.float64, "device": params[0].device}
         self.states = [
-            {name: param.new_empty((0, *param.shape[1:])) for name in rule.state}
+            {name: param.new_empty((0, *param.shape[1:])) for name in rule.state_under(flags)}
             for param in params
         ]
         self.values = {name: torch.empty(0, **float64) for name in rule.hyperparameters}
