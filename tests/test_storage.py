@@ -17,6 +17,7 @@ from tuner.errors import StorageError
 from tuner.spec import parse_spec
 from tuner.storage import (
     ResilientRDBStorage,
+    _is_transient,
     default_storage_path,
     mask_url,
     open_storage,
@@ -149,6 +150,65 @@ def test_claims_spend_the_budget_in_order_and_retries_come_on_top(
     with storage.engine.connect() as connection:
         beating = connection.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))
         assert {trial._trial_id for trial in trials[1:]} <= set(beating.scalars())
+
+
+def test_a_claim_retried_after_its_commit_takes_no_second_trial(
+    storage_url: str, study_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim commits, then the answer is lost with the connection: the retry must hand
+    back the trial already taken, or a retry trial would be left RUNNING and never run."""
+    storage, study_id = _study(storage_url, study_name, heartbeat=(60, 120))
+    retry = optuna.trial.create_trial(
+        state=TrialState.WAITING, system_attrs={"failed_trial": 0}, params={}, distributions={}
+    )
+    retry_id = storage.create_new_trial(study_id, template_trial=retry)
+    committed_then_lost = []
+
+    def claim_then_lose_the_answer(*args: Any) -> Any:
+        claimed = ResilientRDBStorage._claim(storage, *args)
+        if not committed_then_lost:
+            committed_then_lost.append(claimed)
+            lost = ConnectionError("server closed the connection unexpectedly")
+            raise sqlalchemy.exc.OperationalError("COMMIT", {}, lost)
+        return claimed
+
+    monkeypatch.setattr(storage, "_claim", claim_then_lose_the_answer)
+    monkeypatch.setattr("tuner.storage.RECONNECT_FIRST_DELAY", 0.01)
+    for expected in (retry_id, None):  # the retry trial, then a new trial
+        committed_then_lost.clear()
+        claimed = storage.claim_trial(study_id, 5)
+        assert committed_then_lost, "the fault was injected"
+        assert claimed._trial_id == committed_then_lost[0]._trial_id
+        if expected is not None:
+            assert claimed._trial_id == expected
+    trials = storage.get_all_trials(study_id)
+    assert [trial.state for trial in trials] == [TrialState.RUNNING] * 2
+    assert claimed.system_attrs == trials[1].system_attrs
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (sqlite3.OperationalError("database is locked"), True),
+        (sqlite3.OperationalError("no such table: trial_heartbeats"), False),
+        (ConnectionError("connection refused"), True),  # no server answered
+    ],
+)
+def test_only_errors_that_can_clear_are_retried(error: Exception, transient: bool) -> None:
+    assert _is_transient(sqlalchemy.exc.OperationalError("SELECT", {}, error)) is transient
+
+
+def test_a_broken_sqlite_database_fails_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage, study_id = _study(f"sqlite:///{tmp_path / 'studies.db'}", "s", heartbeat=(60, 120))
+    trial_id = storage.create_new_trial(study_id)
+    with storage.engine.begin() as connection:
+        connection.execute(sqlalchemy.text("DROP TABLE trial_heartbeats"))
+    with pytest.raises(optuna.exceptions.StorageInternalError) as error:
+        storage.record_heartbeat(trial_id)
+    assert "no such table" in str(error.value.__cause__)
+    assert "retrying" not in caplog.text
 
 
 def test_a_claimed_trial_takes_parameters_under_any_sampler(

@@ -14,6 +14,7 @@ import logging
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Container
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,39 +41,60 @@ RECONNECT_SECONDS = 120.0
 RECONNECT_FIRST_DELAY = 0.25
 RECONNECT_MAX_DELAY = 8.0
 
+#: The system attribute naming the claim that took a trial (see claim_trial).
+CLAIM_TOKEN_KEY = "tuner:claim"
+
 logger = logging.getLogger(__name__)
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
+#: PostgreSQL error classes that clear on their own: connection exception, transaction
+#: rollback (deadlock, serialization), insufficient resources (too many connections),
+#: operator intervention (shutdown, starting up).
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
+
+
 def _is_transient(error: BaseException) -> bool:
-    """A lost connection or a lock timeout, not a bad query: worth retrying."""
+    """A lost connection or a lock timeout, not a bad query or a missing table: worth
+    retrying. SQLite raises OperationalError for both kinds, so its message decides."""
     cause = error.__cause__ if isinstance(error, optuna.exceptions.StorageInternalError) else error
-    return isinstance(cause, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError) or (
-        isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated
-    )
+    if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
+        return True
+    if not isinstance(cause, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        return False
+    original = cause.orig
+    if isinstance(original, sqlite3.Error):
+        return any(word in str(original) for word in ("locked", "busy"))
+    sqlstate = getattr(original, "sqlstate", None)  # psycopg's; None: no answer from a server
+    return sqlstate is None or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+
+
+_Result = TypeVar("_Result")
+
+
+def _with_retries(call: Callable[[], _Result], name: str) -> _Result:
+    """`call()`, again with backoff while the database is unreachable, up to RECONNECT_SECONDS."""
+    delay, give_up = RECONNECT_FIRST_DELAY, time.monotonic() + RECONNECT_SECONDS
+    while True:
+        try:
+            return call()
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
+            if not _is_transient(error) or time.monotonic() + delay > give_up:
+                raise
+            logger.warning(
+                "storage unreachable in %s (%s); retrying in %.2g s",
+                name,
+                type(error).__name__,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(2 * delay, RECONNECT_MAX_DELAY)
 
 
 def _retrying(method: _Method) -> _Method:
     @functools.wraps(method)
     def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        delay, give_up = RECONNECT_FIRST_DELAY, time.monotonic() + RECONNECT_SECONDS
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except (
-                sqlalchemy.exc.SQLAlchemyError,
-                optuna.exceptions.StorageInternalError,
-            ) as error:
-                if not _is_transient(error) or time.monotonic() + delay > give_up:
-                    raise
-                logger.warning(
-                    "storage unreachable in %s (%s); retrying in %.2g s",
-                    method.__name__,
-                    type(error).__name__,
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(2 * delay, RECONNECT_MAX_DELAY)
+        return _with_retries(lambda: method(self, *args, **kwargs), method.__name__)
 
     return call  # type: ignore[return-value]
 
@@ -87,8 +109,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     RECONNECT_SECONDS; the first error on a dropped connection makes SQLAlchemy discard the
     pool's connections, so the retry runs on a fresh one. A retried write that had in fact
     committed is harmless: finished trials refuse updates, which the worker treats as done;
-    a retried claim makes a second trial, and the first, never run, goes stale (its
-    heartbeat was recorded with it) and is failed and retried like a dead worker's.
+    a retried claim finds the trial its first attempt took by the claim's token.
     """
 
     def set_trial_user_attrs(self, trial_id: int, attributes: dict[str, Any]) -> None:
@@ -143,6 +164,11 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         (a retry, or one enqueued by hand), else a new one while fewer than `budget` trials
         count against the budget; None when the budget is spent.
 
+        A claim whose commit went through but whose answer was lost with the connection would,
+        retried, take a second trial and leave the first RUNNING unrun, and a retry trial so
+        left would never run (Optuna retries a trial once). So each claim writes a token with
+        the trial (system attribute ``tuner:claim``), and a retried claim first looks for it.
+
         Retries of trials whose worker died (system attribute ``failed_trial``) do not count.
         A new trial's system attributes are ``system_attrs(index)``, index being how many
         trials counted before it. Its heartbeat is recorded in the same transaction (when
@@ -154,6 +180,43 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         takes at BEGIN IMMEDIATE), from the count to the commit. Optuna's ``ask()`` creates a
         trial unconditionally, and has no count that leaves retries out: hence this SQL.
         """
+        token = {CLAIM_TOKEN_KEY: uuid.uuid4().hex}
+        attempts = 0
+
+        def attempt() -> FrozenTrial | None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and (taken := self._claimed_with(study_id, token)) is not None:
+                return taken
+            return self._claim(study_id, budget, system_attrs, token)
+
+        return _with_retries(attempt, "claim_trial")
+
+    def _claimed_with(self, study_id: int, token: dict[str, str]) -> FrozenTrial | None:
+        """The study's trial an earlier attempt of a claim took, if its commit went through
+        (a scan of the study's system attributes: only a retried claim pays it)."""
+        ((key, value),) = token.items()
+        attributes = models.TrialSystemAttributeModel
+        with _create_scoped_session(self.scoped_session) as session:
+            trial_id = session.execute(
+                sqlalchemy.select(attributes.trial_id)
+                .join(models.TrialModel)
+                .where(
+                    models.TrialModel.study_id == study_id,
+                    attributes.key == key,
+                    attributes.value_json == json.dumps(value),
+                )
+            ).scalar()
+        return None if trial_id is None else self.get_trial(trial_id)
+
+    def _claim(
+        self,
+        study_id: int,
+        budget: int | None,
+        system_attrs: Callable[[int], dict[str, Any]],
+        token: dict[str, str],
+    ) -> FrozenTrial | None:
+        """One attempt of `claim_trial`, in one transaction."""
         with _create_scoped_session(self.scoped_session) as session:
             if session.execute(_lock_study(), {"study_id": study_id}).first() is None:
                 raise KeyError(models.NOT_FOUND_MSG)
@@ -165,13 +228,18 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 if trial.state == TrialState.WAITING:  # a plain-Optuna ask() may have won it
                     trial.state = TrialState.RUNNING
                     trial.datetime_start = datetime.now()
+                    self._set_attrs_in(
+                        session, models.TrialSystemAttributeModel, trial.trial_id, token
+                    )
                     if self.heartbeat_interval is not None:
                         self._record_heartbeat(session, trial.trial_id)
+                    session.flush()
+                    session.expire(trial, ["system_attributes"])
                     return self._build_frozen_trial_from_trial_model(trial)
             index = made - retries
             if budget is not None and index >= budget:
                 return None
-            attrs = system_attrs(index)
+            attrs = {**system_attrs(index), **token}
             started = datetime.now()  # stored as naive UTC, as TrialModel stores it
             # Under the study's lock, the trials made so far are exactly those before this
             # one: its number is their count, as Optuna's count_past_trials() would make it.
@@ -184,8 +252,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                     "datetime_start": started.astimezone(UTC).replace(tzinfo=None),
                 },
             ).inserted_primary_key
-            if attrs:
-                self._set_attrs_in(session, models.TrialSystemAttributeModel, trial_id, attrs)
+            self._set_attrs_in(session, models.TrialSystemAttributeModel, trial_id, attrs)
             if self.heartbeat_interval is not None:
                 self._record_heartbeat(session, trial_id)
             return FrozenTrial(
@@ -522,7 +589,6 @@ def _upsert(dialect: str, table_name: str) -> Any:
 for _name in [
     *(name for name in dir(optuna.storages.BaseStorage) if not name.startswith("_")),
     "set_trial_user_attrs",
-    "claim_trial",
     "record_heartbeat",
     "_get_stale_trial_ids",
     # What Optuna's trial cache calls on the storage directly, bypassing the public methods:
