@@ -139,3 +139,39 @@ def test_wall_time_budget_stops_claiming_trials(sqlite_url: str) -> None:
     trials = optuna.load_study(study_name="timed", storage=sqlite_url).trials
     assert summary.trials == len(trials) > 0
     assert all(trial.state.is_finished() for trial in trials)
+
+
+def _learning_rates(storage_url: str, name: str) -> list[float]:
+    trials = optuna.load_study(study_name=name, storage=open_storage(storage_url)).trials
+    return [trial.params["learning_rate"] for trial in trials]
+
+
+def test_workers_and_resumed_runs_draw_their_own_trials(tmp_path: Any) -> None:
+    """Seeded alike, every worker of a run, and a resumed run's, would draw the same random
+    start-up trials; a new study's first worker keeps the spec's seed (reproducible)."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    first_run = {}
+    for name, stream in (("a", 0), ("b", 0), ("c", 1)):
+        spec = landscape_spec(name, budget={"trials": 3, "epochs": 1}, sampler={"name": "random"})
+        studies.create_or_resume(spec, open_storage(url))
+        run_worker(spec, url, stream=stream)
+        first_run[name] = _learning_rates(url, name)
+    assert first_run["a"] == first_run["b"], "the same seed, the same first worker"
+    assert not set(first_run["c"]) & set(first_run["a"]), "another worker, other trials"
+
+    resumed = landscape_spec("a", budget={"trials": 6, "epochs": 1}, sampler={"name": "random"})
+    studies.create_or_resume(resumed, open_storage(url))
+    run_worker(resumed, url)
+    rates = _learning_rates(url, "a")
+    assert len(set(rates)) == 6, "a resumed run does not replay the first run's draws"
+
+
+def test_a_password_in_the_storage_url_is_not_recorded_with_the_study(tmp_path: Any) -> None:
+    """The recorded spec is for all to read: optuna-dashboard serves it."""
+    spec = landscape_spec(
+        "secret", execution={"storage": "postgresql+psycopg://bob:s3cret@db.example/studies"}
+    )
+    storage = open_storage(f"sqlite:///{tmp_path / 'studies.db'}")
+    study = studies.create_or_resume(spec, storage)
+    recorded = study.user_attrs["spec"]["execution"]["storage"]
+    assert "s3cret" not in recorded and "bob@db.example" in recorded.replace(":***", "")

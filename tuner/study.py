@@ -14,13 +14,14 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy
 import optuna
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.trial import TrialState
 
 from tuner.errors import SpecError
 from tuner.spec import StudySpec
-from tuner.storage import rdb_backend
+from tuner.storage import mask_url, rdb_backend
 
 # Heartbeat callbacks, fail_stale_trials and grouped multivariate TPE are marked experimental
 # in Optuna 5; we rely on them on purpose, so their warnings would only be noise to users.
@@ -30,9 +31,24 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 SEARCH_DEFINING = ("workload", "metric", "direction", "search", "optimizers")
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded; TPE is multivariate with constant liar for parallel workers."""
-    name, seed, startup = spec.sampler.name, spec.seed, spec.sampler.n_startup_trials
+def sampler_seed(seed: int, stream: int, trials_before: int) -> int:
+    """The seed of one worker's sampler.
+
+    Workers seeded alike would draw the same random start-up trials: every worker of a run,
+    and a resumed run's workers, which would replay the first run's draws. So each gets its
+    own stream, from its index in the run and the trials the study had when it joined. The
+    first worker of a new study keeps the spec's seed: a one-worker study reproduces exactly.
+    """
+    if stream == 0 and trials_before == 0:
+        return seed
+    return int(numpy.random.SeedSequence([seed, stream, trials_before]).generate_state(1)[0])
+
+
+def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded (with the spec's seed unless another is given); TPE is
+    multivariate with constant liar for parallel workers."""
+    name, startup = spec.sampler.name, spec.sampler.n_startup_trials
+    seed = spec.seed if seed is None else seed
     if name == "tpe":
         # group=True: multivariate TPE over a conditional space models each optimizer's
         # parameters together instead of falling back to independent sampling.
@@ -74,11 +90,13 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def load(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    """Attach to an existing study with the spec's sampler and pruner (what workers do)."""
-    return optuna.load_study(
-        study_name=spec.name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec)
-    )
+def load(spec: StudySpec, storage: optuna.storages.BaseStorage, stream: int = 0) -> optuna.Study:
+    """Attach to an existing study with the spec's pruner and a sampler seeded for worker
+    `stream` (see sampler_seed): what workers do."""
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
+    trials_before = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(spec, sampler_seed(spec.seed, stream, trials_before))
+    return study
 
 
 def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
@@ -89,6 +107,8 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
     """
     existing = {summary.study_name: summary for summary in optuna.get_all_study_summaries(storage)}
     spec_data = spec.to_dict()
+    if spec_data["execution"]["storage"]:  # recorded for all to read: the dashboard shows it
+        spec_data["execution"]["storage"] = mask_url(spec_data["execution"]["storage"])
     if spec.name in existing:
         recorded = existing[spec.name].user_attrs.get("spec", {})
         changed = [key for key in SEARCH_DEFINING if recorded.get(key) != spec_data[key]]

@@ -24,11 +24,16 @@ CANCEL_GRACE_SECONDS = 5.0
 
 
 def _worker_task(
-    spec_data: dict[str, Any], storage_url: str, deadline: float | None, name: str, threads: int
+    spec_data: dict[str, Any],
+    storage_url: str,
+    deadline: float | None,
+    run_id: str,
+    index: int,
+    threads: int,
 ) -> WorkerSummary:
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
     spec = StudySpec.model_validate(spec_data)
-    return run_worker(spec, storage_url, deadline, name, threads, node)
+    return run_worker(spec, storage_url, deadline, f"{run_id}-{index}", threads, node, index)
 
 
 def gpus_per_worker(requested: float | str, workers: int) -> float:
@@ -73,7 +78,7 @@ def run_on_ray(
     threads = max(1, int(execution.cpus_per_trial))
     spec_data = spec.to_dict()
     pending = [
-        task.remote(spec_data, storage_url, deadline, f"{run_id}-{index}", threads)
+        task.remote(spec_data, storage_url, deadline, run_id, index, threads)
         for index in range(execution.workers)
     ]
     refs = list(pending)

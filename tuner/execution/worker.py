@@ -316,6 +316,7 @@ def run_worker(
     worker: str | None = None,
     threads: int | None = None,
     node: str | None = None,
+    stream: int = 0,
 ) -> WorkerSummary:
     """Train trials of the spec's study until its budget or `deadline` (epoch seconds) ends.
 
@@ -330,6 +331,8 @@ def run_worker(
         worker: a name recorded on each trial (host:pid by default).
         threads: torch CPU threads for this worker (its share of the cores).
         node: the machine recorded on each trial (the host name by default).
+        stream: this worker's index among those sampling the study at once, so that no two
+            draw the same trials (see tuner.study.sampler_seed).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads:
@@ -339,7 +342,7 @@ def run_worker(
     storage = open_storage(
         storage_url, heartbeat=(execution.heartbeat_seconds, execution.grace_seconds)
     )
-    study = studies.load(spec, storage)
+    study = studies.load(spec, storage, stream)
     device = pick_device()
     identity = {"worker": summary.worker, "node": node or socket.gethostname()}
     capacity = trials_per_worker(execution.trials_per_worker, device)
