@@ -184,3 +184,24 @@ def test_training_config_builds_the_same_schedule(schedule: str) -> None:
     expected, _ = run_per_step(schedule, warmup_fraction=0.2)
     assert used == pytest.approx(expected)
     assert all(math.isfinite(v) and v >= 0 for v in used)
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_a_winners_plateau_schedule_follows_its_study_direction(direction: str) -> None:
+    """best_config() of an accuracy study: ReduceLROnPlateau must cut the rate when accuracy
+    stops rising, not while it rises."""
+    from tuner.api import BestConfig
+
+    winner = BestConfig(
+        optimizer="sgd",
+        target="torch.optim:SGD",
+        learning_rate=LR,
+        schedule="plateau",
+        study="s",
+        trial_number=0,
+        value=0.9,
+        metric="val_accuracy" if direction == "maximize" else "loss",
+        direction=direction,
+    )
+    scheduler = winner.build_scheduler(sgd(), STEPS_PER_EPOCH, 5)
+    assert scheduler.mode == ("max" if direction == "maximize" else "min")

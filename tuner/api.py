@@ -8,10 +8,15 @@ scheduler = cfg.build_scheduler(optimizer, steps_per_epoch=len(loader), epochs=5
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from tuner.config import TrainingConfig
 from tuner.errors import EmptyStudyError
 from tuner.results import best_trials_by_optimizer, open_study
+
+if TYPE_CHECKING:
+    import torch
+    from torch.optim import lr_scheduler
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +36,23 @@ class BestConfig(TrainingConfig):
     value: float
     metric: str
     direction: str
+
+    def build_scheduler(
+        self,
+        optimizer: torch.optim.Optimizer,
+        steps_per_epoch: int,
+        epochs: int,
+        direction: Literal["minimize", "maximize"] | None = None,
+    ) -> lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau:
+        """As `TrainingConfig.build_scheduler`, in the study's direction unless told otherwise:
+        ``plateau`` (ReduceLROnPlateau) must know whether the metric it is given should fall
+        or rise."""
+        return super().build_scheduler(
+            optimizer,
+            steps_per_epoch,
+            epochs,
+            direction or self.direction,  # type: ignore[arg-type]
+        )
 
 
 def best_config(
