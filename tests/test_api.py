@@ -101,5 +101,6 @@ def test_unknown_study_lists_the_studies_there_are(finished_study: str) -> None:
 
 def test_a_study_without_completed_trials_says_so(sqlite_url: str) -> None:
     optuna.create_study(study_name="empty", storage=sqlite_url)
-    with pytest.raises(EmptyStudyError, match="no completed trial"):
+    assert tuner.EmptyStudyError is EmptyStudyError and "EmptyStudyError" in tuner.__all__
+    with pytest.raises(tuner.EmptyStudyError, match="no completed trial"):
         tuner.best_config("empty", storage=sqlite_url)

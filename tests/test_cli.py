@@ -125,6 +125,45 @@ def test_status_shows_states_best_and_throughput(
     assert f"{study.best_value:.5g}" in out
 
 
+def test_best_table_and_summary_hints_show_brackets_and_the_storage(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rich.console import Console
+
+    from tuner import best_config
+    from tuner import study as studies
+    from tuner.display import print_summary
+    from tuner.execution.worker import run_worker
+    from tuner.spec import load_spec
+    from tuner.storage import open_storage
+
+    overrides = ["budget.trials=4", "budget.epochs=2", "pruner.name='none'"]
+    spec = load_spec(QUICKSTART, [*overrides, "search.optimizers=['momentum', 'nesterov']"])
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    run_worker(spec, sqlite_url)
+    assert main(["best", "quickstart", "--storage", sqlite_url]) == 0
+    # rich must not take the library class for markup and swallow it.
+    assert f"[{best_config('quickstart', storage=sqlite_url).target}]" in capsys.readouterr().out
+
+    study = optuna.load_study(study_name="quickstart", storage=sqlite_url)
+    console = Console(record=True, width=200)
+    print_summary(console, study, sqlite_url)
+    out = console.export_text()
+    assert f"tuner best quickstart --storage {sqlite_url}" in out
+    assert f"tuner dashboard --storage {sqlite_url}" in out and "optuna-dashboard" not in out
+    # On the embedded default database, the bare commands find the study.
+    console = Console(record=True, width=200)
+    print_summary(console, study, f"sqlite:///{default_storage_path()}")
+    out = console.export_text()
+    assert "tuner best quickstart\n" in out and out.rstrip().endswith("dashboard: tuner dashboard")
+    # A password never shows; the URL is quoted for the shell.
+    console = Console(record=True, width=200)
+    print_summary(console, study, "postgresql+psycopg://alice:hunter2@db/tuner")
+    out = console.export_text()
+    assert "hunter2" not in out
+    assert "tuner dashboard --storage 'postgresql+psycopg://alice:***@db/tuner'" in out
+
+
 def test_report_on_an_empty_or_unknown_study_exits_2(
     sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -70,6 +70,26 @@ def test_optimizer_table_overrides_ranges_and_fixes_knobs() -> None:
     assert adam.knobs["beta1"] == REGISTRY["adam"].knobs["beta1"]
 
 
+def test_a_plain_weight_decay_fixes_it_like_a_learning_rate(tmp_path: Path) -> None:
+    import optuna
+
+    from tuner.space import sample_config
+
+    path = tmp_path / "s.toml"
+    path.write_text(MINIMAL)
+    overrides = ["search.optimizers=['adamw']", "search.weight_decay='on'"]
+    spec = load_spec(path, [*overrides, "optimizers.adamw.weight_decay=0.01"])
+    (adamw,) = spec.optimizer_choices()
+    assert (adamw.weight_decay.low, adamw.weight_decay.high) == (0.01, 0.01)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    assert sample_config(trial, spec).weight_decay == 0.01
+    assert "weight_decay" not in trial.params  # a constant, not a parameter
+    with pytest.raises(SpecError, match=r"weight_decay: expected a number or \[low, high\] > 0"):
+        load_spec(path, [*overrides, "optimizers.adamw.weight_decay=0"])
+    with pytest.raises(SpecError, match="weight_decay: expected a number"):
+        load_spec(path, [*overrides, "optimizers.adamw.weight_decay='lots'"])
+
+
 def test_any_library_optimizer_can_be_named_with_its_class() -> None:
     spec = parse_spec(
         {

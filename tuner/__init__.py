@@ -6,12 +6,19 @@ Public surface: `best_config` / `BestConfig` to use a study's winner from other 
 
 from tuner.api import BestConfig, best_config
 from tuner.config import TrainingConfig
-from tuner.errors import SpecError, StorageError, StudyNotFoundError, TunerError
+from tuner.errors import (
+    EmptyStudyError,
+    SpecError,
+    StorageError,
+    StudyNotFoundError,
+    TunerError,
+)
 from tuner.runner import run
 from tuner.spec import StudySpec, load_spec
 
 __all__ = [
     "BestConfig",
+    "EmptyStudyError",
     "SpecError",
     "StorageError",
     "StudyNotFoundError",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -52,6 +53,7 @@ def _best(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(config), indent=2))
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(
@@ -61,11 +63,12 @@ def _best(args: argparse.Namespace) -> int:
     table.add_column("value")
     for key, value in [
         (config.metric, f"{config.value:.6g} ({config.direction})"),
-        ("optimizer", f"{config.optimizer}  [{config.target}]"),
+        # escape: rich would read "[torch.optim:SGD]" as markup and drop it.
+        ("optimizer", escape(f"{config.optimizer}  [{config.target}]")),
         ("learning_rate", f"{config.learning_rate:.6g}"),
         ("momentum", "—" if config.momentum is None else f"{config.momentum:.6g}"),
         ("weight_decay", f"{config.weight_decay:.6g}"),
-        *[(key, str(value)) for key, value in config.hyperparameters.items()],
+        *[(key, escape(str(value))) for key, value in config.hyperparameters.items()],
         (
             "schedule",
             config.schedule
@@ -98,7 +101,8 @@ def _worker(args: argparse.Namespace) -> int:
         raise SpecError(f"study {args.study!r} was not created by `tuner run`: it records no spec")
     spec = parse_spec(recorded, f"study {args.study!r}")
     spec = with_overrides(spec, trials_per_worker=args.batch)
-    summary = run_worker(spec, url, worker=args.name, threads=args.threads)
+    # A worker added by hand samples its own stream: the pid tells it from the others.
+    summary = run_worker(spec, url, worker=args.name, threads=args.threads, stream=os.getpid())
     print(f"worker {summary.worker}: {summary.trials} trials of {args.study}; no trial left to run")
     return 0
 
@@ -232,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = data_commands.add_parser("fetch", help="download MNIST or Fashion-MNIST IDX files")
     fetch.add_argument("dataset", choices=["mnist", "fashion-mnist"])
     fetch.add_argument(
-        "--dir", help="data folder (default: $TUNER_DATA_DIR, else ~/.cache/tuner/data)"
+        "--dir",
+        help="data folder (default: $TUNER_DATA_DIR, else $XDG_CACHE_HOME/tuner/data, "
+        "else ~/.cache/tuner/data)",
     )
     fetch.set_defaults(handler=_data_fetch)
     return parser

@@ -7,6 +7,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -55,7 +56,7 @@ class StudyProgress:
         from tuner.storage import mask_url
 
         self.console.print(
-            f"Study [bold]{study.study_name}[/] in {mask_url(storage_url)}", soft_wrap=True
+            f"Study [bold]{study.study_name}[/] in {escape(mask_url(storage_url))}", soft_wrap=True
         )
         self.study = study
         self.task = self.progress.add_task(
@@ -159,12 +160,25 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
         )
     console.print(table)
     # soft_wrap: a path or URL broken over two lines cannot be copied.
+    option = storage_option(storage_url)
     console.print(
-        f"Study [bold]{study.study_name}[/] lives in {mask_url(storage_url)}\n"
-        f"  best configuration: tuner best {study.study_name}\n"
-        f"  dashboard: optuna-dashboard {mask_url(storage_url)}",
+        f"Study [bold]{study.study_name}[/] lives in {escape(mask_url(storage_url))}\n"
+        f"  best configuration: {escape(f'tuner best {study.study_name}{option}')}\n"
+        f"  dashboard: {escape(f'tuner dashboard{option}')}",
         soft_wrap=True,
     )
+
+
+def storage_option(storage_url: str) -> str:
+    """`` --storage URL`` (password masked) for a command to find the study, or ``""`` on the
+    embedded default database, which a bare command opens anyway."""
+    import shlex
+
+    from tuner.storage import default_storage_path, mask_url
+
+    if storage_url == f"sqlite:///{default_storage_path()}":
+        return ""
+    return f" --storage {shlex.quote(mask_url(storage_url))}"
 
 
 def print_status(console: Console, study: optuna.Study) -> None:

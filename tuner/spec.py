@@ -298,8 +298,20 @@ def resolve_optimizer(name: str, table: Mapping[str, Any]) -> OptimizerChoice:
                 raise ValueError(f"[optimizers.{name}] learning_rate: bounds must be positive")
             learning_rate = value
         elif key == "weight_decay":
-            if not isinstance(value, Knob) or value.low <= 0:
-                raise ValueError(f"[optimizers.{name}] weight_decay: expected [low, high] > 0")
+            # Like learning_rate, a plain number fixes it; [search] weight_decay still says
+            # whether it is applied ("off": never), so 0 is no way to turn it off.
+            if not isinstance(value, Knob):
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    raise ValueError(
+                        f"[optimizers.{name}] weight_decay: expected a number or [low, high] "
+                        f"> 0, got {value!r}"
+                    )
+                value = Knob(float(value), float(value), "log")
+            if value.low <= 0:
+                raise ValueError(
+                    f"[optimizers.{name}] weight_decay: expected a number or [low, high] > 0 "
+                    '(to turn it off, set [search] weight_decay = "off")'
+                )
             weight_decay = value
         elif isinstance(value, Knob):
             knobs[key] = value
