@@ -249,7 +249,7 @@ def _same_trial(ours: optuna.trial.FrozenTrial, theirs: optuna.trial.FrozenTrial
 
 
 def test_trials_read_in_one_statement_are_what_optuna_reads(
-    storage_url: str, study_name: str
+    storage_url: str, study_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage, study_id = _study(storage_url, study_name)
     study = optuna.load_study(study_name=study_name, storage=storage)
@@ -272,6 +272,12 @@ def test_trials_read_in_one_statement_are_what_optuna_reads(
     ours = storage._get_trials(study_id, None, set(), -1)
     assert len(ours) == len(theirs) == 6
     assert all(_same_trial(a, b) for a, b in zip(ours, theirs, strict=True))
+    # A study too large for one IN list is read in chunks of ids: the same trials.
+    with monkeypatch.context() as patch:
+        patch.setattr("tuner.storage._MAX_TRIAL_IDS", 4)
+        chunked = storage._get_trials(study_id, None, set(), -1)
+    assert len(chunked) == 6
+    assert all(_same_trial(a, b) for a, b in zip(chunked, theirs, strict=True))
     for trial in theirs:
         assert _same_trial(storage.get_trial(trial._trial_id), trial)
     # The refresh Optuna's trial cache makes: its unfinished trials and all after one id.

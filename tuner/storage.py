@@ -180,7 +180,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         takes at BEGIN IMMEDIATE), from the count to the commit. Optuna's ``ask()`` creates a
         trial unconditionally, and has no count that leaves retries out: hence this SQL.
         """
-        token = {CLAIM_TOKEN_KEY: uuid.uuid4().hex}
+        token = uuid.uuid4().hex
         attempts = 0
 
         def attempt() -> FrozenTrial | None:
@@ -192,10 +192,9 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
         return _with_retries(attempt, "claim_trial")
 
-    def _claimed_with(self, study_id: int, token: dict[str, str]) -> FrozenTrial | None:
+    def _claimed_with(self, study_id: int, token: str) -> FrozenTrial | None:
         """The study's trial an earlier attempt of a claim took, if its commit went through
         (a scan of the study's system attributes: only a retried claim pays it)."""
-        ((key, value),) = token.items()
         attributes = models.TrialSystemAttributeModel
         with _create_scoped_session(self.scoped_session) as session:
             trial_id = session.execute(
@@ -203,8 +202,8 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 .join(models.TrialModel)
                 .where(
                     models.TrialModel.study_id == study_id,
-                    attributes.key == key,
-                    attributes.value_json == json.dumps(value),
+                    attributes.key == CLAIM_TOKEN_KEY,
+                    attributes.value_json == json.dumps(token),
                 )
             ).scalar()
         return None if trial_id is None else self.get_trial(trial_id)
@@ -214,7 +213,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         study_id: int,
         budget: int | None,
         system_attrs: Callable[[int], dict[str, Any]],
-        token: dict[str, str],
+        token: str,
     ) -> FrozenTrial | None:
         """One attempt of `claim_trial`, in one transaction."""
         with _create_scoped_session(self.scoped_session) as session:
@@ -229,7 +228,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                     trial.state = TrialState.RUNNING
                     trial.datetime_start = datetime.now()
                     self._set_attrs_in(
-                        session, models.TrialSystemAttributeModel, trial.trial_id, token
+                        session,
+                        models.TrialSystemAttributeModel,
+                        trial.trial_id,
+                        {CLAIM_TOKEN_KEY: token},
                     )
                     if self.heartbeat_interval is not None:
                         self._record_heartbeat(session, trial.trial_id)
@@ -239,7 +241,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             index = made - retries
             if budget is not None and index >= budget:
                 return None
-            attrs = {**system_attrs(index), **token}
+            attrs = {**system_attrs(index), CLAIM_TOKEN_KEY: token}
             started = datetime.now()  # stored as naive UTC, as TrialModel stores it
             # Under the study's lock, the trials made so far are exactly those before this
             # one: its number is their count, as Optuna's count_past_trials() would make it.
@@ -306,7 +308,8 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
     ) -> list[FrozenTrial]:
         """Optuna's read of a study's trials (all, or the refresh of Optuna's trial cache: the
         unfinished trials it holds and every trial after the last finished one) in two
-        statements instead of seven: the trials, then their rows (see _trials_query)."""
+        statements instead of seven: the trials, then their rows (see _trials_query; one more
+        statement for each further _MAX_TRIAL_IDS trials)."""
         included = [i for i in included_trial_ids if i <= trial_id_greater_than]
         parameters: dict[str, Any] = {"study_id": study_id, "after": trial_id_greater_than}
         if states is not None:
@@ -319,12 +322,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
             if not rows:  # none, or no such study: Optuna raises KeyError for the latter
                 models.StudyModel.find_or_raise_by_id(study_id, session)
                 return []
-            if len(rows) > _MAX_TRIAL_IDS:  # a whole large study: Optuna's way, in chunks
-                return super()._get_trials(
-                    study_id, states, included_trial_ids, trial_id_greater_than
-                )
             ids = [row.trial_id for row in rows]
-            rows += session.execute(_rows_of_trials(), {"ids": ids}).all()
+            for start in range(0, len(ids), _MAX_TRIAL_IDS):
+                chunk = ids[start : start + _MAX_TRIAL_IDS]
+                rows += session.execute(_rows_of_trials(), {"ids": chunk}).all()
         return _build_trials(rows)
 
 
@@ -347,8 +348,8 @@ def _claim_query() -> sqlalchemy.Select:
     ).where(trials.c.study_id == sqlalchemy.bindparam("study_id"))
 
 
-#: Above this many trials, a read is left to Optuna: the IN list of their ids could exceed
-#: what the driver binds (SQLite: 32766 variables), and Optuna reads them in chunks.
+#: Trials whose rows one statement reads at most: the IN list of their ids, bound once per
+#: table, must stay within what the driver binds (SQLite: 32766 variables).
 _MAX_TRIAL_IDS = 1000
 
 
