@@ -170,13 +170,13 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
 
 
 def storage_option(storage_url: str) -> str:
-    """`` --storage URL`` (password masked) for a command to find the study, or ``""`` on the
-    embedded default database, which a bare command opens anyway."""
+    """`` --storage URL`` (password masked) for a command to find the study, or ``""`` where
+    a bare command opens that database anyway ($TUNER_STORAGE, else the default file)."""
     import shlex
 
-    from tuner.storage import default_storage_path, mask_url
+    from tuner.storage import mask_url, resolve_storage_url
 
-    if storage_url == f"sqlite:///{default_storage_path()}":
+    if storage_url == resolve_storage_url():
         return ""
     return f" --storage {shlex.quote(mask_url(storage_url))}"
 
