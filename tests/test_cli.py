@@ -49,6 +49,11 @@ def _tuner(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproce
         (["run", str(QUICKSTART), "--set", "budget.trails=3"], "unknown key"),
         (["run", str(QUICKSTART), "--workers", "0"], "[execution] workers"),
         (["run", str(QUICKSTART), "--set", "execution.grace_seconds=4"], "grace_seconds must be"),
+        (
+            ["run", str(QUICKSTART), "--set", "optimizers.adamw.weight_decay=0"],
+            "[optimizers.adamw] weight_decay: expected a number or [low, high] > 0 (to turn it "
+            'off, set [search] weight_decay = "off")',
+        ),
     ],
 )
 def test_bad_study_exits_2_and_writes_nothing(
