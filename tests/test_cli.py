@@ -206,6 +206,45 @@ def test_usage_errors_exit_2() -> None:
     assert exit_info.value.code == 2
 
 
+HEAVY_LIBRARIES = ("torch", "optuna", "sqlalchemy", "pydantic", "ray", "matplotlib")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["run", "--help"], ["run"], ["best"], ["dashboard", "--port", "x"]],
+)
+def test_help_and_usage_errors_import_no_heavy_library(args: list[str]) -> None:
+    """`tuner --help` and argparse's errors answer before torch, Optuna or SQLAlchemy load."""
+    probe = (
+        "import sys\n"
+        "from tuner.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as stop:\n"
+        "    code = stop.code\n"
+        f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY_LIBRARIES!r}))\n"
+        "print(code, loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    code = 0 if "--help" in args else 2
+    assert result.stdout.splitlines()[-1] == f"{code} []"
+
+
+def test_import_tuner_is_cheap_and_its_public_names_still_resolve() -> None:
+    probe = (
+        "import sys, tuner\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY_LIBRARIES!r})))\n"
+        "print(all(callable(getattr(tuner, name)) for name in tuner.__all__))\n"
+        "print(tuner.best_config.__module__, tuner.load_spec.__module__, tuner.run.__module__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.splitlines() == ["[]", "True", "tuner.api tuner.spec tuner.runner"]
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_quickstart_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
