@@ -53,7 +53,7 @@ class StudyProgress:
 
     def start(self, study: optuna.Study, storage_url: str) -> None:
         """Begin showing `study` (called once it exists in storage)."""
-        from tuner.storage import mask_url
+        from tuner.storage_urls import mask_url
 
         self.console.print(
             f"Study [bold]{study.study_name}[/] in {escape(mask_url(storage_url))}", soft_wrap=True
@@ -108,7 +108,7 @@ def describe_config(config: TrainingConfig | None) -> str:
 
 def print_summary(console: Console, study: optuna.Study, storage_url: str) -> None:
     """The best trial, the best trial of each optimizer type, and where the study lives."""
-    from tuner.storage import mask_url
+    from tuner.storage_urls import mask_url
 
     metric = study.user_attrs.get("metric", "value")
     trials = study.get_trials(deepcopy=False)
@@ -174,7 +174,8 @@ def storage_option(storage_url: str) -> str:
     a bare command opens that database anyway ($TUNER_STORAGE, else the default file)."""
     import shlex
 
-    from tuner.storage import mask_url, resolve_storage_url
+    from tuner.storage import resolve_storage_url
+    from tuner.storage_urls import mask_url
 
     if storage_url == resolve_storage_url():
         return ""

@@ -11,7 +11,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import TrainingConfig
 from tuner.errors import StudyNotFoundError
-from tuner.storage import mask_url, open_storage, resolve_storage_url
+from tuner.storage import open_storage, resolve_storage_url
+from tuner.storage_urls import mask_url
 
 
 def open_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str]:

@@ -31,6 +31,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 from tuner.errors import StorageError
+from tuner.storage_urls import mask_url, sqlalchemy_url
 
 #: Seconds a SQLite writer waits for a lock before failing; long, because optuna-dashboard's
 #: polling and several workers share one file (optuna-dashboard issue 545).
@@ -626,14 +627,6 @@ def resolve_storage_url(explicit: str | None = None, from_spec: str | None = Non
     return url
 
 
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, safe to print and log."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return url.split("@")[-1] if "@" in url else url
-
-
 def rdb_backend(storage: optuna.storages.BaseStorage) -> ResilientRDBStorage:
     """Our RDBStorage under the cache layer Optuna wraps it in when a study loads it."""
     return getattr(storage, "_backend", storage)
@@ -677,7 +670,8 @@ def open_storage(
     connections. RDBStorage is thread-safe, so sharing it is safe.
 
     Args:
-        url: a SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg://…``).
+        url: a SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg://…``), or a libpq one
+            (several hosts, an unescaped ``@`` in the password: see tuner.storage_urls).
         heartbeat: (interval, grace) in seconds, for workers: Optuna's trial heartbeats are
             recorded every interval, and a trial silent for longer than grace becomes FAIL and
             is retried once with the same parameters.
@@ -686,9 +680,10 @@ def open_storage(
         StorageError: the URL is malformed or the database cannot be reached.
     """
     masked = mask_url(url)
+    url = sqlalchemy_url(url)
     try:
         parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is no number
         raise StorageError(
             f"storage {masked!r} is not a database URL; expected e.g. sqlite:///path/studies.db "
             "or postgresql+psycopg://user@host/db"

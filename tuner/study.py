@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 
 from tuner.errors import SpecError
 from tuner.spec import StudySpec
-from tuner.storage import mask_url, rdb_backend
+from tuner.storage import rdb_backend
+from tuner.storage_urls import mask_url
 
 # Heartbeat callbacks, fail_stale_trials and grouped multivariate TPE are marked experimental
 # in Optuna 5; we rely on them on purpose, so their warnings would only be noise to users.
