@@ -24,7 +24,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tuner import study as studies
-from tuner.dashboard import CURVE_PLOT_MIN_SECONDS, artifact_dir
+from tuner.artifacts import CURVE_PLOT_MIN_SECONDS, artifact_dir
 from tuner.execution.worker import run_worker
 from tuner.spec import StudySpec, parse_spec
 from tuner.storage import open_storage

@@ -175,3 +175,29 @@ def test_a_password_in_the_storage_url_is_not_recorded_with_the_study(tmp_path: 
     study = studies.create_or_resume(spec, storage)
     recorded = study.user_attrs["spec"]["execution"]["storage"]
     assert "s3cret" not in recorded and "bob@db.example" in recorded.replace(":***", "")
+
+
+class _KeptRecorder:
+    """A recorder that keeps what it is handed (the worker's one way to record a trial)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, TrialState, int]] = []
+
+    def record(self, trial: optuna.Trial, state: TrialState, curve: list, seconds: float) -> None:
+        self.records.append((trial.number, state, len(curve)))
+
+
+def test_the_worker_records_each_finished_trial_through_the_recorder_it_is_handed(
+    sqlite_url: str, tmp_path
+) -> None:
+    spec = landscape_spec("recorded", budget={"trials": 3, "epochs": 2})
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    recorder = _KeptRecorder()
+    run_worker(spec, sqlite_url, recorder=recorder)
+    trials = optuna.load_study(study_name="recorded", storage=sqlite_url).trials
+    assert sorted(recorder.records) == [
+        (trial.number, trial.state, len(trial.user_attrs["curve"])) for trial in trials
+    ]
+    # The recorder it was handed replaced the default: no learning curve was uploaded.
+    assert not any(key.startswith("artifacts:") for t in trials for key in t.system_attrs)
+    assert not (tmp_path / "artifacts").exists()

@@ -119,9 +119,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from tuner.dashboard import command
+    from tuner.dashboard import serve
 
-    return command(args)
+    return serve(args.storage, args.host, args.port)
 
 
 def _report(args: argparse.Namespace) -> int:

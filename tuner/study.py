@@ -129,9 +129,9 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
     study.set_user_attr("spec", spec_data)
     study.set_user_attr("metric", spec.metric)
     if spec.name not in existing:
-        from tuner.dashboard import write_study_note
+        from tuner.note import write_study_note
 
-        write_study_note(study, spec)  # the dashboard's note, written once, when created
+        write_study_note(study, spec)  # the study's description, written once, when created
     return study
 
 

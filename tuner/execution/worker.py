@@ -29,8 +29,8 @@ import torch
 from optuna.trial import TrialState
 
 from tuner import study as studies
+from tuner.artifacts import LearningCurveRecorder, TrialRecorder
 from tuner.config import TrainingConfig
-from tuner.dashboard import upload_learning_curve
 from tuner.space import sample_config
 from tuner.spec import StudySpec
 from tuner.stacked import StackedTrials, can_stack, stack_key
@@ -163,8 +163,10 @@ class _Running:
         identity: dict[str, str],
         device: torch.device,
         capacity: int,
+        recorder: TrialRecorder,
     ):
         self.study, self.spec, self.identity, self.device = study, spec, identity, device
+        self.recorder = recorder
         self.capacity = capacity
         self.slots: dict[int, _Slot] = {}
         self.groups: dict[Hashable, _Group] = {}
@@ -269,7 +271,7 @@ class _Running:
     def _end(self, number: int, state: TrialState, value: float | None, reason: str | None):
         # Told before it leaves `slots`: if the storage fails here, the trial keeps its
         # heartbeat and `fail_all` still ends it.
-        _finish(self.study, self.slots[number], self.device, state, value, reason)
+        _finish(self.study, self.slots[number], self.device, self.recorder, state, value, reason)
         del self.slots[number]
         self.finished += 1
 
@@ -278,6 +280,7 @@ def _finish(
     study: optuna.Study,
     slot: _Slot,
     device: torch.device,
+    recorder: TrialRecorder,
     state: TrialState,
     value: float | None,
     reason: str | None,
@@ -294,7 +297,7 @@ def _finish(
     if reason:
         attributes["fail_reason"] = reason
     # Before tell: a finished trial takes no more attributes.
-    upload_learning_curve(trial, state, record.curve, attributes["wall_seconds"])
+    recorder.record(trial, state, record.curve, attributes["wall_seconds"])
     try:
         rdb_backend(trial.storage).set_trial_user_attrs(trial._trial_id, attributes)
         # A pruned trial keeps its last reported value, as in study.optimize().
@@ -317,6 +320,7 @@ def run_worker(
     threads: int | None = None,
     node: str | None = None,
     stream: int = 0,
+    recorder: TrialRecorder | None = None,
 ) -> WorkerSummary:
     """Train trials of the spec's study until its budget or `deadline` (epoch seconds) ends.
 
@@ -333,6 +337,8 @@ def run_worker(
         node: the machine recorded on each trial (the host name by default).
         stream: this worker's index among those sampling the study at once, so that no two
             draw the same trials (see tuner.study.sampler_seed).
+        recorder: records each finished trial beyond its database row (default: its learning
+            curve as an artifact, `tuner.artifacts.LearningCurveRecorder`).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads:
@@ -346,7 +352,7 @@ def run_worker(
     device = pick_device()
     identity = {"worker": summary.worker, "node": node or socket.gethostname()}
     capacity = trials_per_worker(execution.trials_per_worker, device)
-    running = _Running(study, spec, identity, device, capacity)
+    running = _Running(study, spec, identity, device, capacity, recorder or LearningCurveRecorder())
     idle_since: float | None = None
     swept = next_claim = 0.0
     with heartbeat(storage, running.trial_ids):

