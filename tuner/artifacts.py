@@ -44,6 +44,9 @@ CURVE_PLOT_MIN_SECONDS = 0.5
 CURVE_FIGSIZE = (4.8, 3.0)
 CURVE_DPI = 80
 
+#: A trial's learning curve: one mapping of metric name to value per epoch.
+Curve = list[dict[str, Any]]
+
 
 def artifact_dir(storage: str | optuna.storages.BaseStorage | None) -> Path:
     """The artifact folder for a storage (its URL or the storage itself); see the module doc."""
@@ -77,14 +80,9 @@ class TrialRecorder(Protocol):
     """What a worker needs to record a finished trial beyond its database row (the one thing
     it is handed, so training never depends on how the record is kept or shown)."""
 
-    def record(
-        self,
-        trial: optuna.Trial,
-        state: TrialState,
-        curve: list[dict[str, Any]],
-        trained_seconds: float,
-    ) -> None:
-        """Record a trial that ended in `state`; called before the study is told."""
+    def record(self, trial: optuna.Trial, state: TrialState, curve: Curve, seconds: float) -> None:
+        """Record a trial that ended in `state` after training `seconds`; called before the
+        study is told (a finished trial takes no more attributes)."""
 
 
 class LearningCurveRecorder:
@@ -96,13 +94,7 @@ class LearningCurveRecorder:
     nothing; a failure is logged as a warning.
     """
 
-    def record(
-        self,
-        trial: optuna.Trial,
-        state: TrialState,
-        curve: list[dict[str, Any]],
-        trained_seconds: float,
-    ) -> None:
+    def record(self, trial: optuna.Trial, state: TrialState, curve: Curve, seconds: float) -> None:
         if state is not TrialState.COMPLETE or not curve:
             return
         try:
@@ -111,7 +103,7 @@ class LearningCurveRecorder:
             store = artifact_store(trial.storage)
             with tempfile.TemporaryDirectory(prefix="tuner-curve-") as folder:
                 stem = Path(folder) / f"learning_curve_trial_{trial.number}"
-                if trained_seconds >= CURVE_PLOT_MIN_SECONDS:
+                if seconds >= CURVE_PLOT_MIN_SECONDS:
                     path = stem.with_suffix(".png")
                     title = f"trial {trial.number}"
                     optimizer = trial.params.get("optimizer")
@@ -135,13 +127,13 @@ class LearningCurveRecorder:
             )
 
 
-def _plotted_metrics(curve: list[dict[str, Any]]) -> list[str]:
+def _plotted_metrics(curve: Curve) -> list[str]:
     """Train loss and the validation losses and accuracies (not a landscape's coordinates)."""
     names = [key for key in curve[-1] if key not in ("epoch", "learning_rate")]
     return [name for name in names if name.endswith("loss") or "accuracy" in name]
 
 
-def plot_curve(curve: list[dict[str, Any]], path: Path, title: str) -> None:
+def plot_curve(curve: Curve, path: Path, title: str) -> None:
     """Draw losses (log scale when they span decades) and accuracies (right axis) per epoch.
 
     The PNG is reduced to a 32-colour palette, which keeps it to a few KB.
