@@ -29,6 +29,11 @@ def _tuner(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproce
     )
 
 
+def _set(*assignments: str) -> list[str]:
+    """`tuner run` on the quickstart study with these --set overrides."""
+    return ["run", str(QUICKSTART), *(arg for a in assignments for arg in ("--set", a))]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -54,6 +59,36 @@ def _tuner(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproce
             "[optimizers.adamw] weight_decay: expected a number or [low, high] > 0 (to turn it "
             'off, set [search] weight_decay = "off")',
         ),
+        # NaN and infinity are no bounds (they once became null in the recorded spec).
+        (_set("optimizers.sgd.learning_rate=nan"), "[optimizers.sgd] learning_rate: expected a"),
+        (_set("optimizers.sgd.learning_rate=[1e-3,inf]"), "[optimizers.sgd] learning_rate"),
+        (_set("search.max_grad_norm=[1.0,inf]"), "[search] max_grad_norm: Input should be a fin"),
+        (_set("execution.gpus_per_trial=nan"), "[execution] gpus_per_trial: Input should be a fi"),
+        (_set("execution.cpus_per_trial=inf"), "[execution] cpus_per_trial: Input should be a fi"),
+        # A table, a string, a boolean where a number belongs.
+        (_set("optimizers.sgd.learning_rate={a=1}"), "[optimizers.sgd] learning_rate: expected"),
+        (_set('optimizers.sgd.learning_rate="abc"'), "[optimizers.sgd] learning_rate: expected"),
+        (_set("budget.trials=true"), "[budget] trials: Input should be a valid integer, got true"),
+        # numpy's RandomState (Optuna's samplers) takes 0 <= seed < 2**32.
+        (_set("seed=-1"), "seed: Input should be greater than or equal to 0"),
+        (_set(f"seed={2**40}"), "seed: Input should be less than 4294967296"),
+        # Fixed values the optimizer itself refuses.
+        (
+            _set("optimizers.momentum.momentum=-3"),
+            "[optimizers.momentum] momentum: torch.optim:SGD",
+        ),
+        (_set('optimizers.momentum.momentum="high"'), "[optimizers.momentum] momentum: torch"),
+        # Keys a class would swallow in **kwargs, or take under a name we sample otherwise.
+        (
+            _set(
+                "optimizers.madgrad.class='pytorch_optimizer:MADGRAD'",
+                "optimizers.madgrad.learning_rate=[1e-3,1e-1]",
+                "optimizers.madgrad.foo=[1.0,2.0]",
+            ),
+            "[optimizers.madgrad] unknown key 'foo' for pytorch_optimizer:MADGRAD",
+        ),
+        (_set("optimizers.lion.bta1=0.9"), "[optimizers.lion] unknown key 'bta1'"),
+        (_set("optimizers.adam.betas=[0.5,0.9]"), "[optimizers.adam] betas: not a knob; write b"),
     ],
 )
 def test_bad_study_exits_2_and_writes_nothing(
@@ -71,6 +106,27 @@ def test_invalid_toml_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["run", str(bad)]) == 2
     assert "invalid TOML" in capsys.readouterr().err
     assert not default_storage_path().exists()
+
+
+def test_a_study_file_that_is_not_utf8_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(QUICKSTART.read_text().replace("quickstart", "caf\u00e9").encode("latin-1"))
+    assert main(["run", str(latin1)]) == 2
+    assert f"{latin1}: not UTF-8 text (byte 0xe9" in capsys.readouterr().err
+    assert not default_storage_path().exists()
+
+
+def test_reading_commands_never_create_a_database(tmp_path: Path) -> None:
+    """best, status, report and worker on a SQLite file that does not exist: exit 2, and
+    neither the file nor its folders appear."""
+    missing = tmp_path / "not" / "there" / "studies.db"
+    for command in (["best"], ["status"], ["report", "--out", str(tmp_path / "r")], ["worker"]):
+        done = _tuner(command[0], "quickstart", *command[1:], "--storage", str(missing), cwd=ROOT)
+        assert done.returncode == 2, done.stderr
+        assert f"no study named 'quickstart': {missing} does not exist" in done.stderr
+        assert not (tmp_path / "not").exists() and not (tmp_path / "r").exists()
 
 
 def test_unreachable_storage_exits_2_with_password_masked(

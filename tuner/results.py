@@ -12,16 +12,23 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.config import TrainingConfig
 from tuner.errors import StudyNotFoundError
 from tuner.storage import open_storage, resolve_storage_url
-from tuner.storage_urls import mask_url
+from tuner.storage_urls import mask_url, sqlite_file
 
 
 def open_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str]:
     """Load a study by name from `storage` (else TUNER_STORAGE, else the default file).
 
     Returns the study and the resolved storage URL. A missing study raises
-    StudyNotFoundError listing those there are.
+    StudyNotFoundError listing those there are; a SQLite file that does not exist is not
+    created (nor its folder): reading a study never writes.
     """
     url = resolve_storage_url(storage)
+    path = sqlite_file(url)
+    if path is not None and not path.exists():  # reading never creates a database
+        raise StudyNotFoundError(
+            f"no study named {name!r}: {path} does not exist (no study has been run there; "
+            "run one with `tuner run`, or give the right --storage)"
+        )
     opened = open_storage(url)
     try:
         return optuna.load_study(study_name=name, storage=opened), url

@@ -9,10 +9,11 @@ key and what was expected, before anything touches storage.
 from __future__ import annotations
 
 import inspect
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -22,6 +23,13 @@ from tuner.schedules import SCHEDULES
 
 Direction = Literal["minimize", "maximize"]
 Toggle = Literal["off", "on", "search"]
+# Strict: TOML's `true` is no count and no number (pydantic would read it as 1). A float
+# field still takes an integer (`epochs = 3.0` is refused, `max_grad_norm = 5` is not).
+Int = Annotated[int, Field(strict=True)]
+Number = Annotated[float, Field(strict=True)]
+Range = tuple[Number, Number]
+#: Seeds feed numpy's legacy RandomState (Optuna's samplers), which takes 0 ≤ seed < 2**32.
+SEED_LIMIT = 2**32
 
 
 def bounds(value: float | tuple[float, float]) -> tuple[float, float]:
@@ -30,7 +38,8 @@ def bounds(value: float | tuple[float, float]) -> tuple[float, float]:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: a NaN or infinite number is refused where it is read, with its key.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class WorkloadSpec(_Model):
@@ -45,12 +54,12 @@ class SearchSpec(_Model):
 
     optimizers: list[str] = Field(default_factory=lambda: ["sgd", "momentum", "adam", "adamw"])
     schedules: list[str] = Field(default_factory=lambda: ["constant"])
-    warmup_fraction: float | tuple[float, float] = (0.0, 0.2)
+    warmup_fraction: Number | Range = (0.0, 0.2)
     weight_decay: Toggle = "search"
     grad_clipping: Toggle = "off"
-    max_grad_norm: float | tuple[float, float] = (0.1, 10.0)
+    max_grad_norm: Number | Range = (0.1, 10.0)
     lookahead: Toggle = "off"
-    batch_sizes: list[int] = Field(default_factory=lambda: [128])
+    batch_sizes: list[Int] = Field(default_factory=lambda: [128])
 
     @field_validator("optimizers", "schedules", "batch_sizes")
     @classmethod
@@ -98,9 +107,9 @@ class SearchSpec(_Model):
 class BudgetSpec(_Model):
     """How many trials, how long, and how many epochs each trial may train."""
 
-    trials: int | None = Field(default=None, gt=0)
-    timeout_seconds: float | None = Field(default=None, gt=0)
-    epochs: int = Field(default=10, gt=0)
+    trials: Int | None = Field(default=None, gt=0)
+    timeout_seconds: Number | None = Field(default=None, gt=0)
+    epochs: Int = Field(default=10, gt=0)
 
     @model_validator(mode="after")
     def _bounded(self) -> BudgetSpec:
@@ -117,34 +126,34 @@ class SamplerSpec(_Model):
     """
 
     name: Literal["tpe", "random", "cmaes", "qmc", "gp", "grid"] = "tpe"
-    n_startup_trials: int = Field(default=10, ge=0)
+    n_startup_trials: Int = Field(default=10, ge=0)
 
 
 class PrunerSpec(_Model):
     """Optuna pruner; Hyperband by default (Li et al. 2018; Optuna's advice with TPE)."""
 
     name: Literal["hyperband", "median", "successive_halving", "wilcoxon", "none"] = "hyperband"
-    min_resource: int = Field(default=1, gt=0)
-    reduction_factor: int = Field(default=3, gt=1)
-    n_startup_trials: int = Field(default=5, ge=0)
-    n_warmup_steps: int = Field(default=1, ge=0)
+    min_resource: Int = Field(default=1, gt=0)
+    reduction_factor: Int = Field(default=3, gt=1)
+    n_startup_trials: Int = Field(default=5, ge=0)
+    n_warmup_steps: Int = Field(default=1, ge=0)
 
 
 class ExecutionSpec(_Model):
     """Where trials run: worker count, resources per trial, cluster and storage addresses."""
 
-    workers: int = Field(default=1, gt=0)
-    cpus_per_trial: float = Field(default=1.0, gt=0)
-    gpus_per_trial: float | Literal["auto"] = "auto"
+    workers: Int = Field(default=1, gt=0)
+    cpus_per_trial: Number = Field(default=1.0, gt=0)
+    gpus_per_trial: Number | Literal["auto"] = "auto"
     #: Trials one worker trains at once, stacked where their optimizer allows (tuner.stacked);
     #: "auto" is 64 on a GPU and 1 on a CPU.
-    trials_per_worker: int | Literal["auto"] = 1
+    trials_per_worker: Int | Literal["auto"] = 1
     ray_address: str | None = None
     storage: str | None = None
     #: A running trial records a heartbeat every interval; one silent for longer than grace
     #: (its worker died) becomes FAIL and is retried once with the same parameters.
-    heartbeat_seconds: int = Field(default=5, ge=1)
-    grace_seconds: int = Field(default=20, ge=2)
+    heartbeat_seconds: Int = Field(default=5, ge=1)
+    grace_seconds: Int = Field(default=20, ge=2)
 
     @model_validator(mode="after")
     def _grace_outlasts_heartbeat(self) -> ExecutionSpec:
@@ -186,7 +195,7 @@ class StudySpec(_Model):
     description: str = ""
     metric: str | None = None
     direction: Direction | None = None
-    seed: int = 0
+    seed: Int = Field(default=0, ge=0, lt=SEED_LIMIT)
     workload: WorkloadSpec
     search: SearchSpec = Field(default_factory=SearchSpec)
     optimizers: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -224,49 +233,126 @@ class StudySpec(_Model):
         return self.model_dump(mode="json")
 
 
+def _is_number(value: Any) -> bool:
+    """A finite int or float (TOML's ``true`` is no number; ``nan`` and ``inf`` no bound)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _as_knob(name: str, optimizer: str, value: Any) -> Knob | Any:
     """A ``[low, high]`` list becomes a searched Knob; anything else is a fixed value."""
+    where = f"[optimizers.{optimizer}] {name}"
+    if isinstance(value, dict):
+        raise ValueError(f"{where}: expected a value or [low, high], got a table {value}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: expected a finite number, got {value}")
     if not isinstance(value, list):
         return value
-    if len(value) != 2 or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) for v in value
-    ):
-        raise ValueError(
-            f"[optimizers.{optimizer}] {name}: expected [low, high] numbers, got {value}"
-        )
+    if len(value) != 2 or not all(_is_number(v) for v in value):
+        raise ValueError(f"{where}: expected [low, high] finite numbers, got {value}")
     low, high = float(value[0]), float(value[1])
     if low > high:
-        raise ValueError(f"[optimizers.{optimizer}] {name}: low {low:g} is above high {high:g}")
+        raise ValueError(f"{where}: low {low:g} is above high {high:g}")
     scale = KNOB_SCALES.get(name, "log" if low > 0 else "linear")
     if scale == "log" and low <= 0:
         raise ValueError(
-            f"[optimizers.{optimizer}] {name}: bounds must be positive (it is searched "
-            f"log-uniformly), got [{low:g}, {high:g}]"
+            f"{where}: bounds must be positive (it is searched log-uniformly), "
+            f"got [{low:g}, {high:g}]"
         )
     if scale == "log_complement" and not 0 <= low <= high < 1:
-        raise ValueError(
-            f"[optimizers.{optimizer}] {name}: expected bounds in [0, 1), got [{low:g}, {high:g}]"
-        )
+        raise ValueError(f"{where}: expected bounds in [0, 1), got [{low:g}, {high:g}]")
     if all(isinstance(v, int) for v in value) and scale == "linear":
         scale = "int"
     return Knob(low, high, scale)
 
 
+def _positive_knob(name: str, optimizer: str, value: Knob | Any, hint: str = "") -> Knob:
+    """learning_rate or weight_decay: a positive number (fixed) or a positive range."""
+    if not isinstance(value, Knob):
+        if not _is_number(value):
+            raise ValueError(
+                f"[optimizers.{optimizer}] {name}: expected a number or [low, high] > 0{hint}, "
+                f"got {value!r}"
+            )
+        value = Knob(float(value), float(value), "log")
+    if value.low <= 0:
+        raise ValueError(
+            f"[optimizers.{optimizer}] {name}: expected a number or [low, high] > 0{hint}"
+        )
+    return value
+
+
+#: Our names for the library's arguments; the library's own names are refused in their favour
+#: (``betas`` would be sampled and then overwritten by beta1/beta2).
+_LIBRARY_NAMES = {"beta1": "betas", "beta2": "betas", "learning_rate": "lr"}
+_OUR_NAMES = {"lr": "learning_rate", "betas": "beta1 and beta2", "params": None}
+
+
 def _check_kwargs(optimizer: str, target: str, names: list[str]) -> None:
-    """Refuse keys the library class does not take (typos such as ``learnig_rate``)."""
+    """Refuse keys the library class does not document (typos such as ``learnig_rate``).
+
+    Only the constructor's named arguments count: every pytorch-optimizer class also takes
+    ``**kwargs`` and silently ignores what lands there (``bta1``, ``foo``).
+    """
     try:
         parameters = inspect.signature(import_target(target).__init__).parameters
     except ValueError as error:
         raise ValueError(f"[optimizers.{optimizer}] class: {error}") from None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    library_names = {"beta1": "betas", "beta2": "betas", "learning_rate": "lr"}
-    unknown = [name for name in names if library_names.get(name, name) not in parameters]
-    if unknown:
-        accepted = sorted(set(parameters) - {"self", "params", "lr", "betas"})
+    named = {
+        name
+        for name, parameter in parameters.items()
+        if parameter.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    } - {"self", "params"}
+    for name in names:
+        if name in _OUR_NAMES:
+            instead = _OUR_NAMES[name]
+            raise ValueError(
+                f"[optimizers.{optimizer}] {name}: not a knob"
+                + (f"; write {instead}" if instead else "")
+            )
+        if _LIBRARY_NAMES.get(name, name) not in named:
+            accepted = sorted(named - {"lr", "betas"})
+            betas = "beta1, beta2, " if "betas" in named else ""
+            raise ValueError(
+                f"[optimizers.{optimizer}] unknown key {name!r} for {target}; it takes "
+                f"learning_rate, {betas}{', '.join(accepted)}"
+            )
+
+
+def _check_with_library(choice: OptimizerChoice) -> None:
+    """Build the library optimizer with the fixed values and each end of the searched ranges,
+    so a value it refuses (``momentum = -3``, ``momentum = "high"``) is an error in the study
+    file, not a failure of every trial. The library's own validation decides."""
+    import torch
+
+    from tuner.optimizers import library_defaults, optimizer_kwargs
+
+    optimizer_class = import_target(choice.target)
+    defaults = library_defaults(optimizer_class)
+
+    def refusal(knobs: dict[str, Any]) -> str | None:
+        kwargs = optimizer_kwargs(choice.learning_rate.low, 0.0, knobs, defaults)
+        try:
+            optimizer_class([torch.zeros(1, requires_grad=True)], **kwargs)
+        except Exception as error:  # whatever the class raises is its refusal
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    settings = [
+        {**choice.fixed, **{name: getattr(k, end) for name, k in choice.knobs.items()}}
+        for end in ("low", "high")
+    ]
+    for knobs in settings:
+        if (reason := refusal(knobs)) is None:
+            continue
+        # Name the key at fault: the first whose value the class refuses on its own.
+        culprit = next((key for key in knobs if refusal({key: knobs[key]})), None)
+        if culprit is None:
+            raise ValueError(
+                f"[optimizers.{choice.name}] {choice.target} refuses {knobs}: {reason}"
+            )
         raise ValueError(
-            f"[optimizers.{optimizer}] unknown key {unknown[0]!r} for {target}; it takes "
-            f"learning_rate, beta1, beta2, {', '.join(accepted)}"
+            f"[optimizers.{choice.name}] {culprit}: {choice.target} refuses "
+            f"{_toml(knobs[culprit])}: {refusal({culprit: knobs[culprit]})}"
         )
 
 
@@ -292,34 +378,19 @@ def resolve_optimizer(name: str, table: Mapping[str, Any]) -> OptimizerChoice:
     for key, raw in table.items():
         value = _as_knob(key, name, raw)
         if key == "learning_rate":
-            if not isinstance(value, Knob):
-                value = Knob(float(value), float(value), "log")
-            if value.low <= 0:
-                raise ValueError(f"[optimizers.{name}] learning_rate: bounds must be positive")
-            learning_rate = value
+            learning_rate = _positive_knob(key, name, value)
         elif key == "weight_decay":
             # Like learning_rate, a plain number fixes it; [search] weight_decay still says
             # whether it is applied ("off": never), so 0 is no way to turn it off.
-            if not isinstance(value, Knob):
-                if not isinstance(value, int | float) or isinstance(value, bool):
-                    raise ValueError(
-                        f"[optimizers.{name}] weight_decay: expected a number or [low, high] "
-                        f"> 0, got {value!r}"
-                    )
-                value = Knob(float(value), float(value), "log")
-            if value.low <= 0:
-                raise ValueError(
-                    f"[optimizers.{name}] weight_decay: expected a number or [low, high] > 0 "
-                    '(to turn it off, set [search] weight_decay = "off")'
-                )
-            weight_decay = value
+            hint = ' (to turn it off, set [search] weight_decay = "off")'
+            weight_decay = _positive_knob(key, name, value, hint)
         elif isinstance(value, Knob):
             knobs[key] = value
             fixed.pop(key, None)
         else:
             fixed[key] = value
             knobs.pop(key, None)
-    return OptimizerChoice(
+    choice = OptimizerChoice(
         name=name,
         target=target,
         learning_rate=learning_rate,
@@ -328,14 +399,34 @@ def resolve_optimizer(name: str, table: Mapping[str, Any]) -> OptimizerChoice:
         weight_decay=weight_decay,
         schedule_free=base.schedule_free,
     )
+    _check_with_library(choice)
+    return choice
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
-    """Pydantic's error location in TOML words: ``[budget] trials``."""
-    parts = [str(part) for part in loc if not str(part).startswith("function-")]
+    """Pydantic's error location in TOML words: ``[budget] trials``. The location stops at
+    the key: what follows names the branch of a union (``float``, ``tuple[…]``) or an item."""
+    parts: list[str] = []
+    for part in loc:
+        if not isinstance(part, str) or part in _TYPE_TAGS or "[" in part:
+            break
+        parts.append(part)
     if len(parts) <= 1:
         return parts[0] if parts else ""
     return f"[{'.'.join(parts[:-1])}] {parts[-1]}"
+
+
+#: The branch names pydantic puts in the location of an error in a union member.
+_TYPE_TAGS = frozenset({"float", "int", "str", "bool"})
+
+
+def _toml(value: Any) -> str:
+    """A value as it reads in TOML (``true``, ``nan``, ``inf``), for error messages."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return repr(value)
 
 
 def parse_spec(data: Mapping[str, Any], source: str = "<spec>") -> StudySpec:
@@ -343,13 +434,19 @@ def parse_spec(data: Mapping[str, Any], source: str = "<spec>") -> StudySpec:
     try:
         return StudySpec.model_validate(dict(data))
     except ValidationError as error:
-        first = error.errors()[0]
+        errors = error.errors()
+        first = errors[0]
+        # A value refused by every branch of a union: the NaN/infinity is what to report.
+        where = _location(first["loc"])
+        same_key = [e for e in errors if _location(e["loc"]) == where]
+        first = next((e for e in same_key if e["type"] == "finite_number"), first)
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown key (check its spelling against the README's study file reference)"
         elif first["type"] == "missing":
             message = "missing: this key is required"
-        where = _location(first["loc"])
+        elif first["type"] in ("finite_number", "int_type", "float_type", "int_from_float"):
+            message = f"{message}, got {_toml(first['input'])}"
         raise SpecError(
             f"{source}: {where}: {message}" if where else f"{source}: {message}"
         ) from None
@@ -384,6 +481,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: no such study file (see studies/ for examples)") from None
+    except UnicodeDecodeError as error:
+        raise SpecError(
+            f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); TOML files are UTF-8: save it as UTF-8"
+        ) from None
     except OSError as error:
         raise SpecError(f"{path}: cannot read: {error.strerror}") from None
     try:

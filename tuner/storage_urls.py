@@ -14,6 +14,7 @@ protect it, and a user needs to see which file was meant.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from urllib.parse import quote
 
 #: A query parameter that carries a secret, with its value (up to the next ``&``).
@@ -62,3 +63,13 @@ def sqlalchemy_url(url: str) -> str:
         listed = "&".join(f"host={host}" for host in hosts.split(","))
         hosts, tail = "", f"{path or '/'}?{listed}{'&' + query if query else ''}"
     return f"{scheme}://{userinfo}{at}{hosts}{tail}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a ``sqlite:///`` URL names, or None for another database (or in memory)."""
+    from sqlalchemy.engine import make_url
+
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" else None
