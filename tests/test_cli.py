@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import subprocess
@@ -335,3 +336,97 @@ def test_quickstart_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
     again = _tuner("run", str(QUICKSTART), "--trials", "16", cwd=ROOT)
     assert again.returncode == 0, again.stderr
     assert len(optuna.load_study(study_name="quickstart", storage=storage).trials) == 16
+
+
+def _finished(
+    start: datetime.datetime, seconds: float, value: float, **attrs: dict
+) -> optuna.trial.FrozenTrial:
+    """A COMPLETE trial that started at `start` and ended `seconds` later."""
+    return optuna.trial.FrozenTrial(
+        number=0,
+        trial_id=0,
+        state=optuna.trial.TrialState.COMPLETE,
+        value=value,
+        values=None,
+        datetime_start=start,
+        datetime_complete=start + datetime.timedelta(seconds=seconds),
+        params={},
+        distributions={},
+        user_attrs=attrs.get("user_attrs", {}),
+        system_attrs=attrs.get("system_attrs", {}),
+        intermediate_values={},
+    )
+
+
+def test_status_throughput_spans_the_trials_and_shows_retries(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two trials of 10 s that ended 10 ms apart ran at 0.2 trials/s, not 100; a retry (a
+    trial whose worker died, re-run) is listed with the trial it retries."""
+    study = optuna.create_study(study_name="paced", storage=sqlite_url)
+    start = datetime.datetime.now() - datetime.timedelta(minutes=5)
+    study.add_trial(_finished(start, 10.0, 1.0))
+    study.add_trial(_finished(start, 10.01, 2.0, system_attrs={"failed_trial": 0}))
+    assert main(["status", "paced", "--storage", sqlite_url]) == 0
+    out = capsys.readouterr().out
+    assert "throughput: 0.2 trials/s (2 finished in 10 s), 0 in the last minute" in out
+    assert "retries: 1 (trial 1 retries trial 0)" in out
+
+
+def test_summary_at_80_columns_keeps_settings_whole_and_knobs_near_1_distinct(
+    sqlite_url: str,
+) -> None:
+    from rich.console import Console
+
+    from tuner.config import TrainingConfig
+    from tuner.display import print_summary
+
+    study = optuna.create_study(study_name="narrow", storage=sqlite_url)
+    start = datetime.datetime.now()
+    for optimizer, beta2 in (("adam", 0.99977), ("adamw", 0.9999)):
+        config = TrainingConfig(
+            optimizer=optimizer,
+            target=f"torch.optim:{optimizer.title()}",
+            learning_rate=0.00123,
+            weight_decay=0.0042,
+            hyperparameters={"beta1": 0.9, "beta2": beta2, "eps": 1.23e-10},
+            schedule="warmup_cosine",
+            max_grad_norm=1.5,
+            batch_size=128,
+        )
+        study.add_trial(_finished(start, 1.0, beta2, user_attrs={"config": config.to_dict()}))
+    console = Console(record=True, width=80)
+    print_summary(console, study, sqlite_url)
+    text = console.export_text()
+    # The table and the best line fit; the storage lines are not wrapped (copyable paths).
+    lines = text[: text.index("Study narrow lives in")].splitlines()
+    assert max(len(line) for line in lines) <= 80
+    words = " ".join(lines).split()
+    for setting in ("beta2=0.99977,", "beta2=0.9999,", "eps=1.23e-10,", "warmup_cosine,"):
+        assert setting in words, setting
+
+
+def test_version_and_a_closed_pipe(tmp_path: Path) -> None:
+    """`tuner --version`; `tuner best --json | head` ends quietly when head has read enough."""
+    version = _tuner("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("tuner 0.")
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    from tuner import study as studies
+    from tuner.execution.worker import run_worker
+    from tuner.spec import load_spec
+    from tuner.storage import open_storage
+
+    spec = load_spec(QUICKSTART, ["budget.trials=1", "budget.epochs=1"])
+    studies.create_or_resume(spec, open_storage(url))
+    run_worker(spec, url)
+    reader = subprocess.Popen(
+        [sys.executable, "-m", "tuner.cli", "best", "quickstart", "--json", "--storage", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reader.stdout.close()  # the reader is gone before the first line is written
+    stderr = reader.stderr.read()
+    assert reader.wait(timeout=120) == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr

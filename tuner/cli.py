@@ -163,11 +163,22 @@ BATCH_HELP = (
 )
 
 
+def _version() -> str:
+    """The installed package's version (pyproject.toml's), read from its metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tuner")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (a function, so the README's reference can be checked against it)."""
     parser = argparse.ArgumentParser(
         prog="tuner", description="Hyperparameter search for deep-learning optimizers."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     storage_help = (
         "study database URL (default: $TUNER_STORAGE, else ~/.local/share/tuner/studies.db)"
@@ -251,7 +262,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()  # a reader gone (`tuner best --json | head`) shows here, not at exit
+        return status
+    except BrokenPipeError:
+        # Python's recipe (docs: signal, "Note on SIGPIPE"): stdout to /dev/null, so the flush
+        # at exit does not raise again, and the status of a write to a closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except TunerError as error:
         print(f"tuner: error: {error}", file=sys.stderr)
         return 2

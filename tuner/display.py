@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import optuna
 from optuna.trial import TrialState
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -82,15 +84,24 @@ class StudyProgress:
         )
 
 
+def format_knob(value: float) -> str:
+    """A knob short, but with the digits that tell values close to 1 apart: momentum and β's
+    are searched as 1 − value on a log scale, so 0.99977 is not 0.9999 nor ``1``; such a
+    value keeps two significant digits of 1 − value."""
+    if 0.9 <= value < 1.0:
+        return f"{value:.{max(3, math.floor(-math.log10(1.0 - value)) + 2)}g}"
+    return f"{value:.3g}"
+
+
 def describe_config(config: TrainingConfig | None) -> str:
     """A configuration on one line: lr, momentum, other knobs, schedule, clipping, batch."""
     if config is None:
         return ""
     parts = [f"lr={config.learning_rate:.3g}"]
     if config.momentum is not None:
-        parts.append(f"momentum={config.momentum:.3g}")
+        parts.append(f"momentum={format_knob(config.momentum)}")
     parts += [
-        f"{key}={value:.3g}"
+        f"{key}={format_knob(value)}"
         for key, value in config.hyperparameters.items()
         if isinstance(value, float)
     ]
@@ -135,17 +146,16 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
         name = trial_optimizer(trial)
         if name is not None:
             by_type.setdefault(name, dict.fromkeys(TrialState, 0))[trial.state] += 1
-    table = Table(title=f"Best trial per optimizer ({study.direction.name.lower()} {metric})")
-    for column in (
-        "optimizer",
-        f"best {metric}",
-        "trial",
-        "complete",
-        "pruned",
-        "failed",
-        "configuration",
-    ):
-        table.add_column(column, overflow="fold")
+    # No vertical rules, and the three counts in one column: at 80 columns the configuration
+    # keeps about half the width and wraps between its settings, never inside one.
+    table = Table(
+        title=f"Best trial per optimizer ({study.direction.name.lower()} {metric})",
+        box=box.SIMPLE_HEAD,
+    )
+    for column in ("optimizer", f"best {metric}", "trial"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("complete/\npruned/\nfailed", justify="center", no_wrap=True)
+    table.add_column("configuration", overflow="fold", ratio=1)
     for name in [*per_optimizer, *sorted(set(by_type) - set(per_optimizer))]:
         trial = per_optimizer.get(name)
         counts_of = by_type.get(name, {})
@@ -153,9 +163,10 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
             name,
             format_value(trial.value if trial else None),
             str(trial.number) if trial else "—",
-            str(counts_of.get(TrialState.COMPLETE, 0)),
-            str(counts_of.get(TrialState.PRUNED, 0)),
-            str(counts_of.get(TrialState.FAIL, 0)),
+            "/".join(
+                str(counts_of.get(state, 0))
+                for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+            ),
             describe_config(trial_config(trial)) if trial else "",
         )
     console.print(table)
@@ -199,13 +210,29 @@ def print_status(console: Console, study: optuna.Study) -> None:
     )
 
     now = datetime.datetime.now()
-    finished = sorted(t.datetime_complete for t in trials if t.datetime_complete is not None)
-    if len(finished) >= 2:
-        span = (finished[-1] - finished[0]).total_seconds()
-        recent = sum(1 for moment in finished if (now - moment).total_seconds() <= 60)
-        rate = (len(finished) - 1) / span if span > 0 else float("nan")
+    finished = [t for t in trials if t.datetime_complete is not None]
+    started = [t.datetime_start for t in finished if t.datetime_start is not None]
+    if finished and started:
+        # Over the wall time the finished trials took, from the first start to the last end:
+        # trials that ended together are no burst of speed (their ends are not their pace).
+        last = max(t.datetime_complete for t in finished)
+        span = (last - min(started)).total_seconds()
+        recent = sum(1 for t in finished if (now - t.datetime_complete).total_seconds() <= 60)
+        rate = f"{len(finished) / span:.3g} trials/s" if span > 0 else "—"
         console.print(
-            f"throughput: {rate:.3g} trials/s overall, {recent} finished in the last minute"
+            f"throughput: {rate} ({len(finished)} finished in {span:.0f} s), "
+            f"{recent} in the last minute"
+        )
+    retried = {
+        trial.number: optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial)
+        for trial in trials
+    }
+    retried = {number: of for number, of in retried.items() if of is not None}
+    if retried:  # trials whose worker died, re-run with the same parameters (beyond budget)
+        console.print(
+            f"retries: {len(retried)} ("
+            + ", ".join(f"trial {number} retries trial {of}" for number, of in retried.items())
+            + ")"
         )
 
     running = [t for t in trials if t.state == TrialState.RUNNING]
