@@ -17,6 +17,7 @@ from tuner import study as studies
 from tuner.cli import build_parser, main
 from tuner.errors import EmptyStudyError, StudyNotFoundError
 from tuner.execution.worker import run_worker
+from tuner.importance import MIN_TRIALS, ParameterImportances, parameter_importances
 from tuner.spec import parse_spec
 from tuner.storage import open_storage
 
@@ -68,6 +69,30 @@ CNN = {
 }
 
 
+#: Enough complete trials for importances to be shown: three optimizers on Rosenbrock, none of
+#: which diverges (momentum's and Adam's knobs sampled as one_minus_<name>).
+ENOUGH = {
+    "name": "report-enough",
+    "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": 5}},
+    "search": {"optimizers": ["sgd", "momentum", "adam"], "weight_decay": "off"},
+    "optimizers": {
+        "sgd": {"learning_rate": [1e-5, 1e-3]},
+        "momentum": {"learning_rate": [1e-5, 1e-3]},
+    },
+    "budget": {"trials": MIN_TRIALS + 4, "epochs": 2},
+    "sampler": {"name": "random"},
+    "pruner": {"name": "none"},
+}
+
+
+def _importances(study: optuna.Study, min_trials: int = 2) -> ParameterImportances:
+    """Importances over a study's trials; the tests of the evaluation itself lower the minimum
+    so that small studies exercise it."""
+    return parameter_importances(
+        study.trials, study.direction, study.user_attrs["metric"], min_trials=min_trials
+    )
+
+
 def _build(url: str, data: dict) -> optuna.Study:
     spec = parse_spec(data)
     studies.create_or_resume(spec, open_storage(url))
@@ -81,7 +106,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("report")
     url = f"sqlite:///{root / 'studies.db'}"
     result = {"url": url, "studies": {}, "pages": {}}
-    for data in (ROSENBROCK, DOUBLE_WELL, CNN):
+    for data in (ROSENBROCK, DOUBLE_WELL, CNN, ENOUGH):
         study = _build(url, data)
         result["studies"][data["name"]] = study
         result["pages"][data["name"]] = report.write_report(
@@ -168,7 +193,7 @@ def test_optunas_own_evaluator_refuses_per_optimizer_learning_rate_ranges(built:
 
 def test_importance_over_the_conditional_space(built: dict) -> None:
     study = built["studies"]["report-rosenbrock"]
-    importances = report.parameter_importances(study)
+    importances = _importances(study)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
 
     overall = importances.overall
@@ -199,25 +224,21 @@ def test_importance_over_the_conditional_space(built: dict) -> None:
 
 def test_importance_skips_what_cannot_be_evaluated(built: dict) -> None:
     study = built["studies"]["report-cnn"]  # trials: adam, momentum, adam
-    importances = report.parameter_importances(study)
+    importances = _importances(study)
     assert importances.overall is not None
     assert {"learning_rate", "optimizer"} <= set(importances.overall.importances)
     assert sum(importances.overall.importances.values()) == pytest.approx(1.0)
     # One momentum trial: its momentum has nothing to be compared with.
     assert "one_minus_momentum" not in importances.conditional
     assert "1 complete trial" in importances.skipped["one_minus_momentum"]
-    text = built["pages"]["report-cnn"].read_text(encoding="utf-8")
-    assert "one_minus_momentum" in text  # listed among the parameters not evaluated
 
 
 def test_a_study_with_one_complete_trial_still_reports(tmp_path: Path, sqlite_url: str) -> None:
     data = {**DOUBLE_WELL, "name": "single", "budget": {"trials": 1, "epochs": 2}}
     _build(sqlite_url, data)
-    importances = report.parameter_importances(
-        optuna.load_study(study_name="single", storage=sqlite_url)
-    )
-    assert importances.overall is None
-    assert "optimizer" in importances.skipped
+    importances = _importances(optuna.load_study(study_name="single", storage=sqlite_url))
+    assert importances.overall is None and not importances.ped_anova
+    assert importances.withheld.startswith("1 complete trial, ")
     page = report.write_report("single", tmp_path / "out", storage=sqlite_url)
     _assert_real_png(page.parent / "importance.png")
 
@@ -253,3 +274,39 @@ def test_the_command_writes_the_report_where_asked(
     assert str(out / "index.html") in capsys.readouterr().out
     assert (out / "index.html").is_file()
     assert not (out / "landscape.png").exists()
+
+
+def test_no_importance_is_shown_below_the_minimum_and_the_page_says_why(built: dict) -> None:
+    study = built["studies"]["report-rosenbrock"]
+    complete = sum(t.state == TrialState.COMPLETE for t in study.trials)
+    assert complete < MIN_TRIALS
+    withheld = _importances(study, min_trials=MIN_TRIALS)
+    assert withheld.ped_anova == {} and withheld.overall is None and not withheld.conditional
+    assert f"{complete} complete trials" in withheld.withheld
+    assert f"at least {MIN_TRIALS}" in withheld.withheld
+    text = built["pages"]["report-rosenbrock"].read_text(encoding="utf-8")
+    assert "No importance shown" in text and f"at least {MIN_TRIALS}" in text
+    assert "PED-ANOVA</td>" not in text and "fANOVA</td>" not in text
+
+
+@pytest.mark.filterwarnings("ignore:PedAnovaImportanceEvaluator computes")
+def test_ped_anova_and_fanova_side_by_side_under_the_names_users_know(built: dict) -> None:
+    study = built["studies"]["report-enough"]
+    found = _importances(study, min_trials=MIN_TRIALS)
+    assert found.withheld is None
+    assert {"optimizer", "learning_rate"} <= set(found.ped_anova)
+    assert found.overall is not None and "learning_rate" in found.overall.importances
+    # PED-ANOVA is computed as optuna-dashboard computes it, on the study itself.
+    expected = optuna.importance.get_param_importances(
+        study,
+        target=lambda trial: trial.value,
+        evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+    )
+    assert found.ped_anova == pytest.approx(dict(expected), rel=0, abs=0)
+    text = built["pages"]["report-enough"].read_text(encoding="utf-8")
+    assert "<td>PED-ANOVA</td>" in text and "<td>fANOVA</td>" in text
+    # Knobs sampled as 1 − value carry the name users know; the sampled scale is said once.
+    assert "one_minus_momentum" in found.ped_anova
+    assert "<td>momentum</td>" in text and "<td>one_minus_momentum</td>" not in text
+    assert text.count("sampled as `one_minus_&lt;name&gt;` = 1 − &lt;name&gt;") == 1
+    assert "momentum are sampled" in text

@@ -125,9 +125,14 @@ def _dashboard(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from tuner.report import command
+    from pathlib import Path
 
-    return command(args)
+    from tuner.report import FIGURES, write_report
+
+    page = write_report(args.study, Path(args.out), args.storage)
+    drawn = [f"{name}.png" for name in FIGURES if (page.parent / f"{name}.png").exists()]
+    print(f"Report on study {args.study}: {page}\n  figures: {', '.join(drawn)}")
+    return 0
 
 
 def _data_fetch(args: argparse.Namespace) -> int:

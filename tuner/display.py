@@ -14,8 +14,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tuner.config import TrainingConfig
-from tuner.results import best_trials_by_optimizer, trial_config, trial_optimizer
-from tuner.study import count_states, retries
+from tuner.results import (
+    best_trials_by_optimizer,
+    count_sentence,
+    count_states,
+    states_by_optimizer,
+    trial_config,
+    trial_optimizer,
+)
+from tuner.study import retries
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -123,12 +130,7 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
 
     metric = study.user_attrs.get("metric", "value")
     trials = study.get_trials(deepcopy=False)
-    counts = count_states(trials)
-    console.print(
-        f"\n[bold]{study.study_name}[/]: {len(trials)} trials — "
-        f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-        f"{counts[TrialState.FAIL]} failed, {counts[TrialState.WAITING]} waiting"
-    )
+    console.print(f"\n[bold]{study.study_name}[/]: {count_sentence(trials)}")
     per_optimizer = best_trials_by_optimizer(study)
     if not per_optimizer:
         console.print("[yellow]No trial completed.[/] Reasons recorded on failed trials:")
@@ -141,11 +143,6 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
         f"Best: trial {best.number}, {metric} = [bold green]{format_value(best.value)}[/] with "
         f"[bold]{trial_optimizer(best)}[/] ({describe_config(trial_config(best))})"
     )
-    by_type: dict[str, dict[TrialState, int]] = {}
-    for trial in trials:
-        name = trial_optimizer(trial)
-        if name is not None:
-            by_type.setdefault(name, dict.fromkeys(TrialState, 0))[trial.state] += 1
     # No vertical rules, and the three counts in one column: at 80 columns the configuration
     # keeps about half the width and wraps between its settings, never inside one.
     table = Table(
@@ -156,15 +153,14 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
         table.add_column(column, no_wrap=True)
     table.add_column("complete/\npruned/\nfailed", justify="center", no_wrap=True)
     table.add_column("configuration", overflow="fold", ratio=1)
-    for name in [*per_optimizer, *sorted(set(by_type) - set(per_optimizer))]:
+    for name, counts_of in states_by_optimizer(trials, per_optimizer).items():
         trial = per_optimizer.get(name)
-        counts_of = by_type.get(name, {})
         table.add_row(
             name,
             format_value(trial.value if trial else None),
             str(trial.number) if trial else "—",
             "/".join(
-                str(counts_of.get(state, 0))
+                str(counts_of[state])
                 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
             ),
             describe_config(trial_config(trial)) if trial else "",
@@ -201,10 +197,7 @@ def print_status(console: Console, study: optuna.Study) -> None:
     counts = count_states(trials)
     metric = study.user_attrs.get("metric", "value")
     best = study.best_value if counts[TrialState.COMPLETE] else None
-    states = ", ".join(
-        f"{counts[state]} {state.name.lower()}" for state in TrialState if counts[state]
-    )
-    console.print(f"[bold]{study.study_name}[/]: {len(trials)} trials — {states or 'none yet'}")
+    console.print(f"[bold]{study.study_name}[/]: {count_sentence(trials)}")
     console.print(
         f"best {metric}: [bold green]{format_value(best)}[/] ({study.direction.name.lower()})"
     )

@@ -7,12 +7,17 @@ warmup length only with a warmup schedule. Parameter names are shared across opt
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import optuna
 
 from tuner.config import TrainingConfig
 from tuner.optimizers import Knob, knob
 from tuner.spec import StudySpec, bounds
 from tuner.workloads import uses_batches
+
+#: A knob sampled as ``1 - value`` (scale ``log_complement``) is stored under this prefix.
+COMPLEMENT_PREFIX = "one_minus_"
 
 #: Lookahead's two knobs (Zhang et al. 2019 use k in 5–10, alpha 0.5–0.8).
 LOOKAHEAD_K = knob("lookahead_k", 5, 10)
@@ -26,9 +31,32 @@ def suggest(trial: optuna.Trial, name: str, spec: Knob) -> float | int:
     if spec.scale == "int":
         return trial.suggest_int(name, int(spec.low), int(spec.high))
     if spec.scale == "log_complement":
-        complement = trial.suggest_float(f"one_minus_{name}", 1 - spec.high, 1 - spec.low, log=True)
+        complement = trial.suggest_float(
+            f"{COMPLEMENT_PREFIX}{name}", 1 - spec.high, 1 - spec.low, log=True
+        )
         return 1 - complement
     return trial.suggest_float(name, spec.low, spec.high, log=spec.scale == "log")
+
+
+def knob_name(parameter: str) -> str:
+    """The name users know for a stored parameter: ``one_minus_momentum`` → ``momentum``.
+
+    Every view that shows a parameter (report figures and tables, the study note) labels it
+    with this name; how it was sampled is said once, by `sampled_scales`.
+    """
+    return parameter.removeprefix(COMPLEMENT_PREFIX)
+
+
+def sampled_scales(parameters: Iterable[str]) -> str | None:
+    """How the parameters stored on a transformed scale were sampled, in one sentence (said
+    once per view, beside the names users know); None when none of them is."""
+    names = sorted({knob_name(p) for p in parameters if p.startswith(COMPLEMENT_PREFIX)})
+    if not names:
+        return None
+    return (
+        f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} sampled as "
+        f"`{COMPLEMENT_PREFIX}<name>` = 1 − <name>, log-uniformly"
+    )
 
 
 def _range(value: float | tuple[float, float], name: str) -> Knob:

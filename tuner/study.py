@@ -17,7 +17,6 @@ from typing import Any
 import numpy
 import optuna
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
-from optuna.trial import TrialState
 
 from tuner.errors import SpecError
 from tuner.spec import StudySpec
@@ -174,11 +173,3 @@ def _remember(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 def retries(trials: list[optuna.trial.FrozenTrial]) -> int:
     """How many trials are retries of trials whose worker died (beyond the budget)."""
     return sum("failed_trial" in trial.system_attrs for trial in trials)
-
-
-def count_states(trials: list[optuna.trial.FrozenTrial]) -> dict[TrialState, int]:
-    """How many trials are in each state."""
-    counts = dict.fromkeys(TrialState, 0)
-    for trial in trials:
-        counts[trial.state] += 1
-    return counts

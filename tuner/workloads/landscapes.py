@@ -9,13 +9,14 @@ mini-batch noise that lets a large learning rate escape the shallow minimum.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from pydantic import Field
 
 from tuner.workloads.base import Options, TrialContext, Workload
 
-Surface = Callable[[torch.Tensor], torch.Tensor]
+SurfaceFunction = Callable[[torch.Tensor], torch.Tensor]
 
 
 def rosenbrock(p: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,9 @@ class LandscapeOptions(Options):
 class Landscape:
     """A point on a surface; its only parameter is its position."""
 
-    def __init__(self, surface: Surface, start: list[float], options: LandscapeOptions, seed: int):
+    def __init__(
+        self, surface: SurfaceFunction, start: list[float], options: LandscapeOptions, seed: int
+    ):
         self.surface = surface
         self.options = options
         self.model = torch.nn.Module()
@@ -80,16 +83,64 @@ class Landscape:
         return {"loss": float(self.surface(position)), **coordinates}
 
 
-def _landscape(name: str, surface: Surface, start: list[float], description: str) -> Workload:
+@dataclass(frozen=True)
+class Surface:
+    """One landscape's registry entry: its function and what a view of it needs to know.
+
+    Attributes:
+        function: the loss at a position (a tensor whose first axis is the coordinates).
+        start: where the point starts unless the study file says otherwise.
+        description: one line, for the study note and the workload listing.
+        view: the (low, high) range per coordinate where the surface is usually looked at.
+        minima: its known global minima (2-D surfaces; a 1-D view finds them on its grid).
+    """
+
+    function: SurfaceFunction
+    start: list[float]
+    description: str
+    view: tuple[tuple[float, float], ...]
+    minima: tuple[tuple[float, ...], ...] = ()
+
+
+SURFACES: dict[str, Surface] = {
+    "rosenbrock": Surface(
+        rosenbrock,
+        [-1.0, 1.0],
+        "Rosenbrock's valley from (-1, 1); minimum 0 at (1, 1)",
+        view=((-2.0, 2.0), (-1.0, 3.0)),
+        minima=((1.0, 1.0),),
+    ),
+    "himmelblau": Surface(
+        himmelblau,
+        [0.0, 0.0],
+        "Himmelblau's function from (0, 0); four minima of value 0",
+        view=((-5.0, 5.0), (-5.0, 5.0)),
+        minima=(
+            (3.0, 2.0),
+            (-2.805118, 3.131312),
+            (-3.779310, -3.283186),
+            (3.584428, -1.848126),
+        ),
+    ),
+    "double_well": Surface(
+        double_well,
+        [2.0],
+        "1-D double well from x = 2: shallow minimum -0.52 at x = 0.93, deep -1.51 at -1.06",
+        view=((-2.0, 2.5),),
+    ),
+}
+
+
+def _landscape(name: str, surface: Surface) -> Workload:
     def build(options: LandscapeOptions, context: TrialContext) -> Landscape:
-        chosen = options.start or start
-        if len(chosen) != len(start):
-            raise ValueError(f"{name}: start needs {len(start)} coordinates, got {chosen}")
-        return Landscape(surface, chosen, options, context.seed)
+        chosen = options.start or surface.start
+        if len(chosen) != len(surface.start):
+            raise ValueError(f"{name}: start needs {len(surface.start)} coordinates, got {chosen}")
+        return Landscape(surface.function, chosen, options, context.seed)
 
     return Workload(
         name=name,
-        description=description,
+        description=surface.description,
         options=LandscapeOptions,
         metrics={"loss": "minimize"},
         default_metric="loss",
@@ -98,23 +149,4 @@ def _landscape(name: str, surface: Surface, start: list[float], description: str
     )
 
 
-WORKLOADS = [
-    _landscape(
-        "rosenbrock",
-        rosenbrock,
-        [-1.0, 1.0],
-        "Rosenbrock's valley from (-1, 1); minimum 0 at (1, 1)",
-    ),
-    _landscape(
-        "himmelblau",
-        himmelblau,
-        [0.0, 0.0],
-        "Himmelblau's function from (0, 0); four minima of value 0",
-    ),
-    _landscape(
-        "double_well",
-        double_well,
-        [2.0],
-        "1-D double well from x = 2: shallow minimum -0.52 at x = 0.93, deep -1.51 at -1.06",
-    ),
-]
+WORKLOADS = [_landscape(name, surface) for name, surface in SURFACES.items()]
