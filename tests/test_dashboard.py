@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from tuner import study as studies
 from tuner.artifacts import CURVE_PLOT_MIN_SECONDS, artifact_dir
 from tuner.execution.worker import run_worker
+from tuner.importance import MIN_TRIALS, finished, ped_anova
 from tuner.spec import StudySpec, parse_spec
 from tuner.storage import open_storage
 
@@ -126,7 +127,8 @@ def study_id(base: str, name: str) -> int:
 
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A finished Rosenbrock study of three optimizers: each trial COMPLETE, with its curve.
+    """A finished Rosenbrock study of three optimizers: each trial COMPLETE, with its curve,
+    and just enough of them (MIN_TRIALS) for the dashboard to show importances.
 
     3,000 steps make each trial train for longer than CURVE_PLOT_MIN_SECONDS, so its curve
     is a PNG plot. Built once for the tests that only look at it (in a home of its own, as
@@ -137,7 +139,7 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> str:
         environment.setenv("XDG_DATA_HOME", str(folder / "data"))
         environment.setenv("XDG_CACHE_HOME", str(folder / "cache"))
         environment.delenv("TUNER_STORAGE", raising=False)
-        spec = rosenbrock_spec("valley", trials=16, steps=1000)
+        spec = rosenbrock_spec("valley", trials=MIN_TRIALS, steps=1000)
         studies.create_or_resume(spec, open_storage(url))
         run_worker(spec, url)
     return url
@@ -195,7 +197,12 @@ def test_the_study_its_importances_note_and_curves_show_in_a_browser(
         page.goto(f"{base}/dashboard/studies/{identifier}/note")
         page.get_by_text("Rosenbrock's valley from (-1, 1)").first.wait_for(timeout=15_000)
         note = page.inner_text("body")
-        for words in ("rmsprop", "learning rate 0.0001 – 0.1", "16 trials", "Pruner: none"):
+        for words in (
+            "rmsprop",
+            "learning rate 0.0001 – 0.1",
+            f"{MIN_TRIALS} trials",
+            "Pruner: none",
+        ):
             assert words in note, words
         page.screenshot(path=tmp_path / "note.png")
 
@@ -227,6 +234,7 @@ def test_the_note_and_curves_through_the_dashboard_api(finished_study: str, tmp_
         note = detail["note"]["body"]
         assert note.startswith("# valley\n\nWhich optimizer gets down Rosenbrock's valley?")
         assert "`loss`, minimized" in note and "Sampler: random sampling; seed 0" in note
+        assert f"shown once the study has {MIN_TRIALS} complete trials" in note
         assert detail["objective_names"] == ["loss"]
         trial = detail["trials"][0]
         (artifact,) = trial["artifacts"]
@@ -235,6 +243,30 @@ def test_the_note_and_curves_through_the_dashboard_api(finished_study: str, tmp_
         with urllib.request.urlopen(url, timeout=30) as response:
             assert response.headers["Content-Type"] == "image/png"
             assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_importances_are_withheld_below_the_minimum_and_match_the_report_above_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    for spec in (
+        rosenbrock_spec("few", trials=4, steps=5),
+        rosenbrock_spec("enough", trials=MIN_TRIALS + 2, steps=5),
+    ):
+        studies.create_or_resume(spec, open_storage(sqlite_url))
+        run_worker(spec, sqlite_url)
+    with dashboard(sqlite_url, tmp_path / "dashboard.log") as base:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get_json(f"{base}/api/studies/{study_id(base, 'few')}/param_importances")
+        shown = get_json(f"{base}/api/studies/{study_id(base, 'enough')}/param_importances")
+    assert refused.value.code == 400
+    reason = json.load(refused.value)["reason"]
+    assert "4 complete trials" in reason and f"at least {MIN_TRIALS}" in reason, reason
+    # Above the minimum the dashboard's own PED-ANOVA, the very numbers the report shows.
+    (importances,) = shown["param_importances"]
+    study = optuna.load_study(study_name="enough", storage=sqlite_url)
+    ours = ped_anova(finished(study.trials), study.direction)
+    assert {row["name"]: row["importance"] for row in importances} == ours
+    assert {"learning_rate", "optimizer"} <= set(ours)
 
 
 def test_a_resumed_study_keeps_its_note(sqlite_url: str) -> None:
@@ -322,7 +354,7 @@ def test_a_study_runs_clean_while_the_dashboard_polls_its_sqlite_file(
             f"{base}/api/studies/{identifier}",
             f"{base}/api/studies/{identifier}/param_importances",
         ]
-        answers: list[int] = []
+        answers: list[int | str] = []
         seen_running: list[int] = []
         stop_polling = threading.Event()
 
@@ -336,7 +368,9 @@ def test_a_study_runs_clean_while_the_dashboard_polls_its_sqlite_file(
                                 states = [t["state"] for t in json.load(response)["trials"]]
                                 seen_running.append(states.count("Running"))
                     except urllib.error.HTTPError as error:
-                        answers.append(error.code)
+                        # Too few complete trials yet: the importance request gets the reason.
+                        withheld = "importance not shown" in json.load(error).get("reason", "")
+                        answers.append("withheld" if error.code == 400 and withheld else error.code)
                 stop_polling.wait(0.2)
 
         poller = threading.Thread(target=poll, daemon=True)
@@ -366,6 +400,6 @@ def test_a_study_runs_clean_while_the_dashboard_polls_its_sqlite_file(
     reasons = [trial.user_attrs.get("fail_reason", "") for trial in finished]
     assert not any("database is locked" in reason for reason in reasons), reasons
     assert [trial.state for trial in finished] == [TrialState.COMPLETE] * trials, reasons
-    assert set(answers) == {200}, sorted(set(answers))
+    assert 200 in answers and set(answers) <= {200, "withheld"}, set(answers)
     assert len(answers) >= 20  # the dashboard was polled throughout, not once
     assert max(seen_running, default=0) > 0  # and while trials were running

@@ -14,18 +14,35 @@ trials into regimes by the parameter's distribution (inactive, or each distinct 
 ``learning_rate``, whose range differs per optimizer, is scored within each range and the
 scores are summed, weighted by each regime's share of the top trials; regimes with fewer than
 two trials are dropped with a warning.
+
+optuna-dashboard computes importances from two complete trials on, where they rank noise (on a
+4-trial study it gave ``eps`` 0.95). It has no setting for that, so `withhold_thin_importances`
+answers its importance request with the reason until the study has
+`tuner.importance.MIN_TRIALS` complete trials; the page then says "Failed to load
+hyperparameter importance (reason=...)" where the chart would be.
 """
 
 from __future__ import annotations
 
 import errno
+import json
+import re
 import socket
 import warnings
+from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from tuner.errors import TunerError
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+#: optuna-dashboard's importance request (its REST API, as its page calls it).
+_IMPORTANCE_REQUEST = re.compile(r"/api/studies/(\d+)/param_importances")
 
 
 class _ThreadedServer(ThreadingMixIn, WSGIServer):
@@ -64,6 +81,36 @@ def bind(host: str, port: int) -> WSGIServer:
     return server
 
 
+def withhold_thin_importances(app: WSGIApp, storage: BaseStorage) -> WSGIApp:
+    """Wrap optuna-dashboard's WSGI app: a study with too few complete trials for importance
+    to mean anything gets the reason (HTTP 400, as the dashboard reports its own failures)
+    instead of importances; every other request goes to the dashboard unchanged."""
+    from optuna.trial import TrialState
+
+    from tuner.importance import withheld
+
+    def gated(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        request = _IMPORTANCE_REQUEST.fullmatch(environ.get("PATH_INFO", ""))
+        if request is not None:
+            try:
+                complete = storage.get_all_trials(
+                    int(request[1]), deepcopy=False, states=(TrialState.COMPLETE,)
+                )
+            except KeyError:  # no such study: the dashboard answers 404 itself
+                return app(environ, start_response)
+            reason = withheld(len(complete))
+            if reason is not None:
+                body = json.dumps({"reason": f"importance not shown: {reason}"}).encode()
+                start_response(
+                    "400 Bad Request",
+                    [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+                )
+                return [body]
+        return app(environ, start_response)
+
+    return gated
+
+
 def serve(storage: str | None, host: str, port: int) -> int:
     """Serve optuna-dashboard on the study database until Ctrl-C; 0 on a clean stop.
 
@@ -87,7 +134,8 @@ def serve(storage: str | None, host: str, port: int) -> int:
         url = resolve_storage_url(storage)
         storage = open_storage(url)
         store = artifact_store(url)
-        server.set_app(optuna_dashboard.wsgi(storage, artifact_store=store))
+        app = optuna_dashboard.wsgi(storage, artifact_store=store)
+        server.set_app(withhold_thin_importances(app, storage))
         studies = len(optuna.get_all_study_names(storage))
         shown_host = f"[{host}]" if ":" in host else host
         print(

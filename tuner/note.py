@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from tuner.importance import MIN_TRIALS
+from tuner.space import COMPLEMENT_PREFIX
+
 if TYPE_CHECKING:
     from tuner.optimizers import Knob
     from tuner.spec import StudySpec
@@ -54,7 +57,7 @@ def _knob(name: str, knob: Knob) -> str:
     if knob.scale == "log":
         return f"{name} {span} (log-uniform)"
     if knob.scale == "log_complement":
-        return f"{name} {span} (searched as `one_minus_{name}`, log-uniform)"
+        return f"{name} {span} (searched as `{COMPLEMENT_PREFIX}{name}`, log-uniform)"
     return f"{name} {span} (uniform{', integer' if knob.scale == 'int' else ''})"
 
 
@@ -98,7 +101,8 @@ def _search_lines(spec: StudySpec) -> list[str]:
     lines = [
         f"Each trial samples `optimizer` among {len(choices)}, then `learning_rate` "
         "log-uniformly in that optimizer's range, then that optimizer's own knobs. Knobs "
-        "near 1 (momentum, β's, α, ρ) are searched as `one_minus_<name>` on a log scale.",
+        f"near 1 (momentum, β's, α, ρ) are searched as `{COMPLEMENT_PREFIX}<name>` = 1 − "
+        "<name> on a log scale.",
         "",
     ]
     for choice in choices:
@@ -223,6 +227,13 @@ def study_note(spec: StudySpec) -> str:
         "",
         "Each COMPLETE trial's learning curve is attached as an artifact; every trial's "
         "user attributes hold its `config`, `curve`, `seed`, `device` and `wall_seconds`.",
+        "",
+        "## Parameter importance",
+        "",
+        f"The Hyperparameter Importance chart (PED-ANOVA) is shown once the study has "
+        f"{MIN_TRIALS} complete trials; below that it would rank noise, and the page says so "
+        f"in its place. `tuner report {spec.name}` shows PED-ANOVA beside fANOVA. Read "
+        f"`{COMPLEMENT_PREFIX}momentum` as momentum (and likewise for the other knobs near 1).",
     ]
     return "\n".join(lines)
 
