@@ -430,3 +430,59 @@ def test_version_and_a_closed_pipe(tmp_path: Path) -> None:
     stderr = reader.stderr.read()
     assert reader.wait(timeout=120) == 1
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+@pytest.mark.ray
+def test_gpus_the_machine_lacks_exit_2_before_any_write(tmp_path: Path) -> None:
+    done = _tuner("run", str(QUICKSTART), "--set", "execution.gpus_per_trial=2", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    # (Ray's token warning before it is the "infra" part of issue 13.)
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "tuner: error: [execution] gpus_per_trial = 2, but this machine has 0 GPUs: set 0 "
+        "(CPU only) or 'auto'"
+    )
+    storage = f"sqlite:///{default_storage_path()}"
+    assert optuna.get_all_study_names(storage) == []  # the database was opened, no more
+
+
+@pytest.mark.postgres
+def test_a_ray_address_that_does_not_answer_exits_2_before_any_write(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as closed:  # a loopback port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    name = f"noray-{os.getpid()}"
+    done = _tuner(
+        "run",
+        str(QUICKSTART),
+        *("--storage", postgres_url, "--ray-address", f"127.0.0.1:{port}"),
+        *("--set", f"name='{name}'"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"tuner: error: [execution] ray_address 127.0.0.1:{port}: no Ray")
+    assert name not in optuna.get_all_study_names(postgres_url)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_timeout_counts_from_the_first_trial_and_a_run_with_no_result_exits_1(
+    tmp_path: Path,
+) -> None:
+    """A 1 s wall-time budget is not spent on Ray's start-up (once it ended a study with no
+    trial, exit 0); a run whose trials all fail says so and exits 1."""
+    timed = _tuner("run", str(QUICKSTART), "--timeout", "1", "--trials", "1000", cwd=tmp_path)
+    assert timed.returncode == 0, timed.stderr
+    storage = f"sqlite:///{default_storage_path()}"
+    trials = optuna.load_study(study_name="quickstart", storage=storage).trials
+    assert 0 < len(trials) < 1000 and all(trial.state.is_finished() for trial in trials)
+
+    broken = ("workload.name='tests.workloads:broken'", "metric='loss'", "direction='minimize'")
+    failing = _tuner(*_set("name='fails'", *broken), "--trials", "2", cwd=ROOT)
+    assert failing.returncode == 1, failing.stderr
+    assert "No trial completed" in failing.stdout and "broken on purpose" in failing.stdout

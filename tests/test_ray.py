@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -37,3 +39,33 @@ def test_run_spends_the_budget_with_ray_workers(
     assert {trial.user_attrs["worker"].rsplit("-", 1)[-1] for trial in trials} <= {"0", "1"}
     assert any(trial.state == TrialState.COMPLETE for trial in trials)
     assert ticks, "the progress callback was never called"
+
+
+def test_a_worker_uses_the_cpus_it_holds_at_niceness_0(local_ray: None, sqlite_url: str) -> None:
+    """One worker on this machine trains with a thread per CPU it may use (none left idle),
+    and Ray's default niceness (15) is not applied to it."""
+    import ray
+
+    from tuner.execution.ray import usable_cpus
+
+    ray.shutdown()  # the shared instance was started without tuner's settings
+    spec = parse_spec(
+        {
+            "name": "probe",
+            "metric": "loss",
+            "direction": "minimize",
+            "workload": {"name": "tests.workloads:process_probe"},
+            "search": {"optimizers": ["sgd"], "weight_decay": "off"},
+            "budget": {"trials": 1, "epochs": 1},
+            "execution": {"workers": 1, "storage": sqlite_url},
+        }
+    )
+    try:
+        tuner.run(spec)
+    finally:
+        ray.shutdown()
+    (trial,) = optuna.load_study(study_name="probe", storage=sqlite_url).trials
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("fail_reason")
+    (epoch,) = trial.user_attrs["curve"]
+    assert epoch["torch_threads"] == usable_cpus()
+    assert epoch["niceness"] == os.getpriority(os.PRIO_PROCESS, 0)  # the driver's own

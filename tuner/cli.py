@@ -39,8 +39,9 @@ def _run(args: argparse.Namespace) -> int:
         study = run(spec, on_start=progress.start, on_tick=progress.tick)
     from tuner.storage import resolve_storage_url
 
-    print_summary(console, study, resolve_storage_url(None, spec.execution.storage))
-    return 0
+    # A study that completed no trial has no result: a script must not take it for one.
+    completed = print_summary(console, study, resolve_storage_url(None, spec.execution.storage))
+    return 0 if completed else 1
 
 
 def _best(args: argparse.Namespace) -> int:

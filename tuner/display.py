@@ -124,20 +124,24 @@ def describe_config(config: TrainingConfig | None) -> str:
     return ", ".join(parts)
 
 
-def print_summary(console: Console, study: optuna.Study, storage_url: str) -> None:
-    """The best trial, the best trial of each optimizer type, and where the study lives."""
+def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bool:
+    """The best trial, the best trial of each optimizer type, and where the study lives;
+    False (after saying so) when no trial completed: the study has nothing to report."""
     from tuner.storage_urls import mask_url
 
     metric = study.user_attrs.get("metric", "value")
     trials = study.get_trials(deepcopy=False)
     console.print(f"\n[bold]{study.study_name}[/]: {count_sentence(trials)}")
     per_optimizer = best_trials_by_optimizer(study)
+    if not trials:
+        console.print("[yellow]No trial ran[/]: the study has nothing to report.")
+        return False
     if not per_optimizer:
         console.print("[yellow]No trial completed.[/] Reasons recorded on failed trials:")
         for trial in trials:
             if "fail_reason" in trial.user_attrs:
                 console.print(f"  trial {trial.number}: {trial.user_attrs['fail_reason']}")
-        return
+        return False
     best = next(iter(per_optimizer.values()))
     console.print(
         f"Best: trial {best.number}, {metric} = [bold green]{format_value(best.value)}[/] with "
@@ -174,6 +178,7 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> No
         f"  dashboard: {escape(f'tuner dashboard{option}')}",
         soft_wrap=True,
     )
+    return True
 
 
 def storage_option(storage_url: str) -> str:

@@ -30,3 +30,7 @@ class DatasetMissingError(TunerError):
 
 class EmptyStudyError(TunerError):
     """A study with no completed trial to report on."""
+
+
+class ClusterUnreachableError(TunerError):
+    """A Ray cluster address that does not answer: nothing was started or written."""

@@ -7,7 +7,6 @@ is left RUNNING.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 
@@ -76,7 +75,9 @@ def run(
     Raises:
         StorageError: the storage cannot be reached, or is SQLite for a multi-machine cluster.
         DatasetMissingError: the workload's data files are not on this machine.
-        SpecError: the study exists with another search space.
+        SpecError: the study exists with another search space, or no Ray node can hold a
+            worker's CPUs or GPUs.
+        ClusterUnreachableError: ``ray_address`` does not answer.
     """
     url = resolve_storage_url(None, spec.execution.storage)
     if url.startswith("sqlite") and spec.execution.ray_address:
@@ -86,16 +87,16 @@ def run(
         )
     if not spec.execution.ray_address:  # on a cluster the data lives on the workers' nodes
         preflight(spec.workload)
-    study = studies.create_or_resume(spec, open_storage(url))
+    storage = open_storage(url)
+    from tuner.execution.ray import run_on_ray, start_ray
+
+    start_ray(spec.execution)  # an unreachable cluster or too few GPUs: before any write
+    study = studies.create_or_resume(spec, storage)
     if on_start:
         on_start(study, url)
-    from tuner.execution.ray import run_on_ray
-
-    timeout = spec.budget.timeout_seconds
-    deadline = time.time() + timeout if timeout else None
     run_id = f"run-{uuid.uuid4().hex[:8]}"
     try:
-        run_on_ray(spec, url, run_id, deadline, on_tick or (lambda: None))
+        run_on_ray(spec, url, run_id, spec.budget.timeout_seconds, on_tick or (lambda: None))
     except KeyboardInterrupt:
         _fail_orphans(study, run_id)
         raise

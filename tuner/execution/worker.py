@@ -308,6 +308,18 @@ def _finish(
         logger.warning("trial %d was finished by another process", trial.number)
 
 
+def _run_deadline(study: optuna.Study, run: str, timeout: float) -> float:
+    """When the run's wall time ends (epoch seconds): `timeout` after the first trial that a
+    worker of the run (named ``run…``) started; this worker's first trial is one of them.
+    Other workers' trials count so that a worker Ray restarts late gets no time of its own."""
+    starts = [
+        trial.datetime_start.timestamp()  # naive local time, as Optuna gives it
+        for trial in study.get_trials(deepcopy=False)
+        if trial.datetime_start and str(trial.user_attrs.get("worker", "")).startswith(run)
+    ]
+    return min(starts, default=time.time()) + timeout
+
+
 def _others_running(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
@@ -315,14 +327,15 @@ def _others_running(study: optuna.Study) -> bool:
 def run_worker(
     spec: StudySpec,
     storage_url: str,
-    deadline: float | None = None,
+    timeout: float | None = None,
     worker: str | None = None,
     threads: int | None = None,
     node: str | None = None,
     stream: int = 0,
     recorder: TrialRecorder | None = None,
+    run: str | None = None,
 ) -> WorkerSummary:
-    """Train trials of the spec's study until its budget or `deadline` (epoch seconds) ends.
+    """Train trials of the spec's study until its budget or wall time (`timeout`) ends.
 
     When no trial is left to claim but others are still running, the worker waits up to one
     grace period for them: if one's worker has died, its trial goes stale and its retry is
@@ -331,7 +344,8 @@ def run_worker(
     Args:
         spec: the validated study spec (the study must already exist in storage).
         storage_url: the study database.
-        deadline: stop claiming trials after this time.
+        timeout: stop claiming trials this many seconds after the run's first trial started
+            (not after Ray's start-up, which a short timeout could otherwise use up).
         worker: a name recorded on each trial (host:pid by default).
         threads: torch CPU threads for this worker (its share of the cores).
         node: the machine recorded on each trial (the host name by default).
@@ -339,6 +353,8 @@ def run_worker(
             draw the same trials (see tuner.study.sampler_seed).
         recorder: records each finished trial beyond its database row (default: its learning
             curve as an artifact, `tuner.artifacts.LearningCurveRecorder`).
+        run: the run this worker is part of, the prefix of its workers' names: `timeout`
+            counts from the first trial any of them started (default: this worker's).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads:
@@ -355,6 +371,7 @@ def run_worker(
     running = _Running(study, spec, identity, device, capacity, recorder or LearningCurveRecorder())
     idle_since: float | None = None
     swept = next_claim = 0.0
+    deadline: float | None = None
     with heartbeat(storage, running.trial_ids):
         try:
             while True:
@@ -368,6 +385,8 @@ def run_worker(
                     if trial is not None:
                         idle_since = None
                         running.start(trial)
+                        if timeout is not None and deadline is None:
+                            deadline = _run_deadline(study, run or summary.worker, timeout)
                         continue  # fill every place before the next step
                     next_claim = now + IDLE_POLL_SECONDS
                 if running:
