@@ -60,7 +60,9 @@ def cpus_per_worker(execution: ExecutionSpec) -> float:
     with both). On a cluster, other studies may want the nodes' CPUs: the spec's number."""
     if execution.ray_address:
         return execution.cpus_per_trial
-    return max(execution.cpus_per_trial, float(usable_cpus() // execution.workers))
+    # A Ray started before (by a notebook, a test) has the CPUs it was given.
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else usable_cpus()
+    return max(execution.cpus_per_trial, float(cpus // execution.workers))
 
 
 def _probe(address: str) -> None:
