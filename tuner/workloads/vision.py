@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
 
 import torch
+from pydantic import field_validator
 from torch import nn
 from torch.nn import functional as F
 
@@ -42,8 +42,16 @@ class SimpleCNN(nn.Module):
 class VisionOptions(Options):
     """Which image set (required: a study never gets another one silently) and where it lives."""
 
-    dataset: Literal["mnist", "fashion_mnist", "mnist_5k", "digits"]
+    dataset: str
     data_dir: str | None = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from tuner.datasets import dataset
+
+        dataset(name)  # raises naming the data sets there are
+        return name
 
 
 @functools.lru_cache(maxsize=2)

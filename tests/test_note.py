@@ -1,0 +1,45 @@
+"""The study note renders every fact from its registry entry: schedules, data sets, Lookahead."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuner.datasets import DATASETS
+from tuner.importance import MIN_TRIALS
+from tuner.note import study_note
+from tuner.schedules import SCHEDULES
+from tuner.space import LOOKAHEAD_ALPHA, LOOKAHEAD_K
+from tuner.spec import StudySpec, parse_spec
+
+
+def cnn_spec(dataset: str, **search: object) -> StudySpec:
+    return parse_spec(
+        {
+            "name": "noted",
+            "workload": {"name": "cnn", "options": {"dataset": dataset}},
+            "search": {"optimizers": ["adam", "momentum"], **search},
+            "budget": {"trials": 4, "epochs": 1},
+        }
+    )
+
+
+def test_every_schedule_is_described_from_its_entry() -> None:
+    note = study_note(cnn_spec("digits", schedules=list(SCHEDULES)))
+    for name, schedule in SCHEDULES.items():
+        assert schedule.description and "\n" not in schedule.description
+        assert f"{name} ({schedule.description})" in note
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_every_dataset_is_described_from_its_entry(name: str) -> None:
+    assert f"Dataset: `{name}`, {DATASETS[name].description}." in study_note(cnn_spec(name))
+
+
+def test_lookahead_ranges_and_the_importance_minimum_come_from_their_homes() -> None:
+    note = study_note(cnn_spec("digits", lookahead="search"))
+    low, high = int(LOOKAHEAD_K.low), int(LOOKAHEAD_K.high)
+    assert f"`lookahead_k` {low} – {high} (uniform, integer)" in note
+    assert f"`lookahead_alpha` {LOOKAHEAD_ALPHA.low:g} – {LOOKAHEAD_ALPHA.high:g}" in note
+    assert f"shown once the study has {MIN_TRIALS} complete trials" in note
+    # momentum is searched on its transformed scale, which the note names once per knob.
+    assert "(searched as `one_minus_momentum`, log-uniform)" in note
