@@ -16,9 +16,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FixedTrial, FrozenTrial
 
 from tuner.config import TrainingConfig
-from tuner.optimizers import REGISTRY, Knob
+from tuner.optimizers import REGISTRY, Knob, OptimizerSpec
 from tuner.space import LOOKAHEAD_ALPHA, LOOKAHEAD_K, sample_config
-from tuner.spec import OptimizerChoice, StudySpec, parse_spec
+from tuner.spec import StudySpec, parse_spec
 
 
 def make_spec(
@@ -52,7 +52,7 @@ def sample_study(spec: StudySpec, trials: int, seed: int = 0, enqueue=()) -> lis
     return study.trials
 
 
-def choices(spec: StudySpec) -> dict[str, OptimizerChoice]:
+def choices(spec: StudySpec) -> dict[str, OptimizerSpec]:
     return {choice.name: choice for choice in spec.optimizer_choices()}
 
 

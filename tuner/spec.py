@@ -8,6 +8,7 @@ key and what was expected, before anything touches storage.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import tomllib
@@ -176,18 +177,6 @@ class ExecutionSpec(_Model):
         return value
 
 
-class OptimizerChoice(_Model):
-    """One optimizer as searched by this study: registry defaults merged with the file's ranges."""
-
-    name: str
-    target: str
-    learning_rate: Knob
-    knobs: dict[str, Knob]
-    fixed: dict[str, Any]
-    weight_decay: Knob
-    schedule_free: bool = False
-
-
 class StudySpec(_Model):
     """A whole study file, validated. Build with `load_spec` or `parse_spec`."""
 
@@ -221,8 +210,9 @@ class StudySpec(_Model):
                 resolve_optimizer(name, table)
         return self
 
-    def optimizer_choices(self) -> list[OptimizerChoice]:
-        """The searched optimizers with their final ranges, in the order of the file."""
+    def optimizer_choices(self) -> list[OptimizerSpec]:
+        """The searched optimizers with their final ranges (registry entries merged with the
+        file's tables), in the order of the file."""
         return [
             resolve_optimizer(name, self.optimizers.get(name, {}))
             for name in self.search.optimizers
@@ -318,7 +308,7 @@ def _check_kwargs(optimizer: str, target: str, names: list[str]) -> None:
             )
 
 
-def _check_with_library(choice: OptimizerChoice) -> None:
+def _check_with_library(choice: OptimizerSpec) -> None:
     """Build the library optimizer with the fixed values and each end of the searched ranges,
     so a value it refuses (``momentum = -3``, ``momentum = "high"``) is an error in the study
     file, not a failure of every trial. The library's own validation decides."""
@@ -356,8 +346,9 @@ def _check_with_library(choice: OptimizerChoice) -> None:
         )
 
 
-def resolve_optimizer(name: str, table: Mapping[str, Any]) -> OptimizerChoice:
-    """Merge an ``[optimizers.NAME]`` table into the registry entry (or a custom class)."""
+def resolve_optimizer(name: str, table: Mapping[str, Any]) -> OptimizerSpec:
+    """Merge an ``[optimizers.NAME]`` table into the registry entry (or a custom class): the
+    entry as this study searches it."""
     table = dict(table)
     target = table.pop("class", None)
     base: OptimizerSpec | None = REGISTRY.get(name)
@@ -390,14 +381,13 @@ def resolve_optimizer(name: str, table: Mapping[str, Any]) -> OptimizerChoice:
         else:
             fixed[key] = value
             knobs.pop(key, None)
-    choice = OptimizerChoice(
-        name=name,
+    choice = dataclasses.replace(
+        base,
         target=target,
         learning_rate=learning_rate,
         knobs=knobs,
         fixed=fixed,
         weight_decay=weight_decay,
-        schedule_free=base.schedule_free,
     )
     _check_with_library(choice)
     return choice
