@@ -184,6 +184,9 @@ class _KeptRecorder:
     def record(self, trial: optuna.Trial, state: TrialState, curve: list, seconds: float) -> None:
         self.records.append((trial.number, state, len(curve)))
 
+    def finish(self) -> None:
+        self.records.append((-1, TrialState.COMPLETE, 0))  # the worker's last call
+
 
 def test_the_worker_records_each_finished_trial_through_the_recorder_it_is_handed(
     sqlite_url: str, tmp_path
@@ -193,6 +196,7 @@ def test_the_worker_records_each_finished_trial_through_the_recorder_it_is_hande
     recorder = _KeptRecorder()
     run_worker(spec, sqlite_url, recorder=recorder)
     trials = optuna.load_study(study_name="recorded", storage=sqlite_url).trials
+    assert recorder.records.pop() == (-1, TrialState.COMPLETE, 0)
     assert sorted(recorder.records) == [
         (trial.number, trial.state, len(trial.user_attrs["curve"])) for trial in trials
     ]

@@ -368,7 +368,8 @@ def run_worker(
     device = pick_device()
     identity = {"worker": summary.worker, "node": node or socket.gethostname()}
     capacity = trials_per_worker(execution.trials_per_worker, device)
-    running = _Running(study, spec, identity, device, capacity, recorder or LearningCurveRecorder())
+    recorder = recorder or LearningCurveRecorder()
+    running = _Running(study, spec, identity, device, capacity, recorder)
     idle_since: float | None = None
     swept = next_claim = 0.0
     deadline: float | None = None
@@ -406,4 +407,5 @@ def run_worker(
             raise
         finally:
             summary.trials = running.finished
+            recorder.finish()  # the curves still being drawn
     return summary

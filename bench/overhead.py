@@ -1,0 +1,228 @@
+"""What a `tuner run` costs besides training: start-up, teardown, a trial's epoch, its curve.
+
+Each figure is measured beside a peer in the same run of this script, so the ratios hold on
+whatever machine runs it (a loaded one moves both alike):
+
+- start-up and teardown: `tuner run` of a two-trial Rosenbrock study, from launching the
+  command to its first trial's start, and from its last trial's end to the command's exit;
+  peer: a plain Optuna script (imports torch, creates the study, `study.optimize`) of the
+  same two trials, measured the same way.
+- a trial on real data: SimpleCNN on the offline 5,000 MNIST digits, Adam at lr 1e-3, two
+  epochs, as one `tuner run` trial (its recorded `wall_seconds`: model, data and training);
+  peer: a plain PyTorch loop over the same model, data and steps in a fresh process, with
+  torch's default threads.
+- the learning-curve PNG: what recording one completed trial's curve costs the worker
+  (LearningCurveRecorder.record on a real SQLite study), first call and the mean of the rest;
+  peer: the quickstart trial it follows, from the start-up run.
+
+    nice -n 10 python bench/overhead.py [--repeat 2]
+
+With --repeat N each pair runs N times, alternately, and the medians are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+
+ROOT = Path(__file__).parent.parent
+QUICKSTART = ROOT / "studies" / "quickstart.toml"
+
+#: The plain Optuna peer: the same two Rosenbrock trials, with torch imported as tuner's are.
+PLAIN_OPTUNA = """
+import sys, optuna, torch
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+def objective(trial):
+    lr = trial.suggest_float("learning_rate", 1e-5, 1e-2, log=True)
+    point = torch.tensor([-1.0, 1.0], requires_grad=True)
+    optimizer = torch.optim.SGD([point], lr=lr)
+    for _ in range(100):
+        optimizer.zero_grad()
+        loss = (1 - point[0]) ** 2 + 100 * (point[1] - point[0] ** 2) ** 2
+        loss.backward()
+        optimizer.step()
+    return float(loss)
+
+study = optuna.create_study(study_name="quickstart", storage=sys.argv[1])
+study.optimize(objective, n_trials=2)
+"""
+
+#: The plain PyTorch peer: tuner's CNN workload built directly, trained by a bare loop.
+PLAIN_TORCH = """
+import sys, time, torch
+started = time.perf_counter()
+from tuner.workloads import build_trainable
+from tuner.spec import WorkloadSpec
+from tuner.workloads.base import TrialContext
+
+spec = WorkloadSpec(name="cnn", options={"dataset": "mnist_5k"})
+trainable = build_trainable(spec, TrialContext(seed=0, device=torch.device("cpu"), batch_size=128))
+optimizer = torch.optim.Adam(trainable.model.parameters(), lr=1e-3)
+generator = torch.Generator().manual_seed(0)
+for epoch in range(int(sys.argv[1])):
+    for closure in trainable.epoch(generator):
+        optimizer.zero_grad()
+        closure().backward()
+        optimizer.step()
+    trainable.evaluate()
+print(time.perf_counter() - started)
+"""
+
+
+def _env(data_home: str) -> dict[str, str]:
+    return {**os.environ, "XDG_DATA_HOME": data_home, "TUNER_STORAGE": ""}
+
+
+def _edges(url: str, name: str) -> tuple[float, float, list[optuna.trial.FrozenTrial]]:
+    """The first trial's start and the last trial's end (epoch seconds), and the trials."""
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    first = min(trial.datetime_start for trial in trials).timestamp()
+    last = max(trial.datetime_complete for trial in trials).timestamp()
+    return first, last, trials
+
+
+def _timed(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Run a command; its launch and exit times (epoch seconds) and its stdout."""
+    launched = time.time()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    exited = time.time()
+    if done.returncode != 0:
+        raise SystemExit(f"{command[:4]} failed:\n{done.stderr[-2000:]}")
+    return launched, exited, done.stdout
+
+
+def startup_teardown(folder: Path, tool: str) -> tuple[float, float, float]:
+    """(start-up, teardown, mean trial seconds) of one run of `tool` (tuner or optuna)."""
+    url = f"sqlite:///{folder / f'{tool}.db'}"
+    if tool == "tuner":
+        command = [sys.executable, "-m", "tuner.cli", "run", str(QUICKSTART), "--storage", url]
+        command += ["--trials", "2", "--workers", "1", "--set", "search.optimizers=['sgd']"]
+        command += ["--set", "budget.epochs=1", "--set", "pruner.name='none'"]
+    else:
+        command = [sys.executable, "-c", PLAIN_OPTUNA, url]
+    launched, exited, _ = _timed(command, _env(str(folder)))
+    first, last, trials = _edges(url, "quickstart")
+    seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
+    return first - launched, exited - last, statistics.mean(seconds)
+
+
+def cnn_trial(folder: Path, tool: str, epochs: int = 2) -> float:
+    """Seconds of one SimpleCNN trial on mnist_5k (model, data and `epochs` epochs)."""
+    if tool == "torch":
+        _, _, out = _timed([sys.executable, "-c", PLAIN_TORCH, str(epochs)], _env(str(folder)))
+        return float(out.strip())
+    url = f"sqlite:///{folder / 'cnn.db'}"
+    command = [sys.executable, "-m", "tuner.cli", "run", str(ROOT / "studies/mnist_5k_cnn.toml")]
+    command += ["--storage", url, "--trials", "1", "--workers", "1", "--set", "name='cnn'"]
+    for setting in (
+        "search.optimizers=['adam']",
+        "search.schedules=['constant']",
+        "search.weight_decay='off'",
+        "search.grad_clipping='off'",
+        "search.lookahead='off'",
+        "search.batch_sizes=[128]",
+        "optimizers.adam={learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8}",
+        f"budget.epochs={epochs}",
+        "pruner.name='none'",
+    ):
+        command += ["--set", setting]
+    _timed(command, _env(str(folder)))
+    (trial,) = optuna.load_study(study_name="cnn", storage=url).trials
+    os.remove(folder / "cnn.db")
+    return float(trial.user_attrs["wall_seconds"])
+
+
+def curve_record(folder: Path, calls: int = 6) -> dict[str, float]:
+    """Seconds for a 10-epoch learning curve: drawing the PNG (plot_curve, first call with the
+    plotting libraries' import, then the mean of the next), and what recording it costs the
+    worker (LearningCurveRecorder.record: the PNG is drawn by a thread of its own)."""
+    from optuna.trial import TrialState
+
+    from tuner.artifacts import LearningCurveRecorder, plot_curve
+
+    curve = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_accuracy": 1 - 1 / (e + 1)}
+        for e in range(1, 11)
+    ]
+    drawing = []
+    for call in range(calls):
+        started = time.perf_counter()
+        plot_curve(curve, folder / f"curve{call}.png", "trial 0: adam, lr 0.001")
+        drawing.append(time.perf_counter() - started)
+    study = optuna.create_study(storage=f"sqlite:///{folder / 'curves.db'}")
+    recorder, recording = LearningCurveRecorder(), []
+    for _ in range(calls):
+        trial = study.ask()
+        started = time.perf_counter()
+        recorder.record(trial, TrialState.COMPLETE, curve, 5.0)
+        recording.append(time.perf_counter() - started)
+        study.tell(trial, 0.0)
+    recorder.finish()
+    return {
+        "draw_first": drawing[0],
+        "draw": statistics.mean(drawing[1:]),
+        "record": statistics.mean(recording[1:]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each, alternated")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    results: dict[str, list] = {"tuner": [], "optuna": [], "tuner_cnn": [], "torch_cnn": []}
+    with tempfile.TemporaryDirectory(prefix="tuner-overhead-") as scratch:
+        for repeat in range(args.repeat):
+            for tool in ("optuna", "tuner"):
+                folder = Path(scratch) / f"{tool}-{repeat}"
+                folder.mkdir()
+                results[tool].append(startup_teardown(folder, tool))
+            for tool in ("torch", "tuner"):
+                results[f"{tool}_cnn"].append(cnn_trial(Path(scratch), tool))
+        curves = curve_record(Path(scratch))
+
+    def median(name: str, index: int | None = None) -> float:
+        values = results[name] if index is None else [run[index] for run in results[name]]
+        return statistics.median(values)
+
+    figures = {
+        "startup_s": {tool: median(tool, 0) for tool in ("tuner", "optuna")},
+        "teardown_s": {tool: median(tool, 1) for tool in ("tuner", "optuna")},
+        "cnn_trial_s": {"tuner": median("tuner_cnn"), "torch": median("torch_cnn")},
+        "curve_s": curves,
+        "quickstart_trial_s": median("tuner", 2),
+    }
+    startup, teardown = figures["startup_s"], figures["teardown_s"]
+    cnn, trial = figures["cnn_trial_s"], figures["quickstart_trial_s"]
+    print(
+        f"start-up (launch → first trial): tuner {startup['tuner']:.2f} s, plain Optuna "
+        f"{startup['optuna']:.2f} s: {startup['tuner'] / startup['optuna']:.2f}×"
+    )
+    print(
+        f"teardown (last trial → exit):    tuner {teardown['tuner']:.2f} s, plain Optuna "
+        f"{teardown['optuna']:.2f} s: {teardown['tuner'] / max(teardown['optuna'], 1e-3):.2f}×"
+    )
+    print(
+        f"SimpleCNN trial (2 epochs):      tuner {cnn['tuner']:.2f} s, plain PyTorch "
+        f"{cnn['torch']:.2f} s: {cnn['tuner'] / cnn['torch']:.2f}×"
+    )
+    print(
+        f"curve PNG: drawing {curves['draw']:.3f} s (first {curves['draw_first']:.2f} s), "
+        f"{curves['draw'] / trial:.0%} of a {trial:.2f} s quickstart trial; what the trial "
+        f"pays to record it: {curves['record']:.3f} s"
+    )
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
