@@ -44,10 +44,25 @@ class _Model(BaseModel):
 
 
 class WorkloadSpec(_Model):
-    """Which workload to train: a registry name or ``package.module:factory``."""
+    """What to train: a registry name, user code as ``module:function`` (a training function
+    or a workload factory, tuner.workloads.user), or a command run once per trial."""
 
-    name: str
+    name: str = ""
+    #: A program run once per trial (tuner.script), instead of a name.
+    command: list[str] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    #: Folders user code is imported from (and a command runs in the first), before sys.path:
+    #: the study file's folder and the working directory, filled in by `load_spec`.
+    search_path: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _name_or_command(self) -> WorkloadSpec:
+        if bool(self.name) == bool(self.command):
+            raise ValueError(
+                "give either name (a registry workload or 'module:function') or "
+                "command (a program run once per trial), not both or neither"
+            )
+        return self
 
 
 class SearchSpec(_Model):
@@ -196,11 +211,17 @@ class StudySpec(_Model):
     @model_validator(mode="after")
     def _resolve(self) -> StudySpec:
         """Check the workload and metric, and every optimizer table against its library class."""
-        from tuner.workloads import resolve_metric
+        from tuner.workloads import owns_loop, resolve_metric
 
         metric, direction = resolve_metric(self.workload, self.metric, self.direction)
         object.__setattr__(self, "metric", metric)
         object.__setattr__(self, "direction", direction)
+        if owns_loop(self.workload) and self.execution.trials_per_worker != 1:
+            # Stacking needs tuner's own loop; saying so beats training one at a time silently.
+            raise ValueError(
+                "[execution] trials_per_worker: a training function or command trains one "
+                "trial at a time per worker; set 1 (and leave out --batch), and add workers"
+            )
         for name in self.search.optimizers:
             resolve_optimizer(name, self.optimizers.get(name, {}))
         # A table for an optimizer that is not searched is kept for later, but checked too,
@@ -484,4 +505,14 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec
         raise SpecError(f"{path}: invalid TOML: {error}") from None
     for assignment in overrides or []:
         _apply_override(data, assignment)
+    workload = data.get("workload")
+    user_code = isinstance(workload, dict) and (
+        ":" in str(workload.get("name", "")) or "command" in workload
+    )
+    if user_code:
+        from tuner.workloads.user import search_path
+
+        given = workload.get("search_path", [])  # type: ignore[union-attr]
+        if isinstance(given, list) and all(isinstance(entry, str) for entry in given):
+            data["workload"] = {**workload, "search_path": search_path(path, given)}
     return parse_spec(data, str(path))

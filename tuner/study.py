@@ -111,7 +111,11 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
         spec_data["execution"]["storage"] = mask_url(spec_data["execution"]["storage"])
     if spec.name in existing:
         recorded = existing[spec.name].user_attrs.get("spec", {})
-        changed = [key for key in SEARCH_DEFINING if recorded.get(key) != spec_data[key]]
+        changed = [
+            key
+            for key in SEARCH_DEFINING
+            if _searched(recorded.get(key)) != _searched(spec_data[key])
+        ]
         if changed:
             raise SpecError(
                 f"study {spec.name!r} already exists with a different {', '.join(changed)}; "
@@ -132,6 +136,14 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
 
         write_study_note(study, spec)  # the study's description, written once, when created
     return study
+
+
+def _searched(part: Any) -> Any:
+    """A recorded spec part without where the study file was (``[workload] search_path``): a
+    study resumed from another folder keeps its search space."""
+    if isinstance(part, dict) and "search_path" in part:
+        return {key: value for key, value in part.items() if key != "search_path"}
+    return part
 
 
 def claim_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:

@@ -44,8 +44,9 @@ from tuner.train import (
     pick_device,
     trial_seed,
 )
+from tuner.trial import Trial, run_function
 from tuner.vectorized_optimizers import vectorized_settings
-from tuner.workloads import TrialContext, build_trainable
+from tuner.workloads import TrialContext, build_trainable, training_function
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,26 @@ class _Slot:
     epochs: int = 0
 
 
+#: Trains one trial with the user's own loop (a training function or a command) to its end.
+UserLoop = Callable[[optuna.Trial, "_Slot", torch.device], float]
+
+
+def user_loop(spec: StudySpec, storage_url: str) -> UserLoop | None:
+    """How this study's trials train when user code owns the loop, else None."""
+    if spec.workload.command:
+        from tuner.script import run_script
+
+        return lambda trial, slot, device: run_script(
+            spec, storage_url, Trial(trial, spec, slot.config, slot.seed, device, slot.record)
+        )
+    function = training_function(spec.workload)
+    if function is None:
+        return None
+    return lambda trial, slot, device: run_function(
+        function, Trial(trial, spec, slot.config, slot.seed, device, slot.record)
+    )
+
+
 class _Group(Protocol):
     """Trials stepped together: a `StackedTrials`, or one trial alone (`_Alone`)."""
 
@@ -164,9 +185,10 @@ class _Running:
         device: torch.device,
         capacity: int,
         recorder: TrialRecorder,
+        user_loop: UserLoop | None = None,
     ):
         self.study, self.spec, self.identity, self.device = study, spec, identity, device
-        self.recorder = recorder
+        self.recorder, self.user_loop = recorder, user_loop
         self.capacity = capacity
         self.slots: dict[int, _Slot] = {}
         self.groups: dict[Hashable, _Group] = {}
@@ -192,12 +214,18 @@ class _Running:
             storage.set_trial_user_attrs(
                 trial._trial_id, {**self.identity, "config": slot.config.to_dict()}
             )
-            self._place(trial.number, slot)
+            if self.user_loop is None:
+                self._place(trial.number, slot)
             return 0.0
 
         state, _, reason = settle(place)
         if state is not TrialState.COMPLETE:
             self._end(trial.number, state, None, reason)
+        elif self.user_loop is not None:
+            # The user's code owns its loop: the trial trains to its end here, heartbeats on.
+            user_loop = self.user_loop
+            state, value, reason = settle(lambda: user_loop(slot.trial, slot, self.device))
+            self._end(trial.number, state, value, reason)
 
     def step(self) -> None:
         """One optimizer step of every trial; trials whose epoch ended are judged, and those
@@ -369,7 +397,9 @@ def run_worker(
     identity = {"worker": summary.worker, "node": node or socket.gethostname()}
     capacity = trials_per_worker(execution.trials_per_worker, device)
     recorder = recorder or LearningCurveRecorder()
-    running = _Running(study, spec, identity, device, capacity, recorder)
+    running = _Running(
+        study, spec, identity, device, capacity, recorder, user_loop(spec, storage_url)
+    )
     idle_since: float | None = None
     swept = next_claim = 0.0
     deadline: float | None = None

@@ -1,0 +1,95 @@
+"""User code named in a study file: find its module beside the study file, and tell a training
+function from a workload factory.
+
+``[workload] name = "train:train"`` imports ``train`` from the folders in ``search_path`` first
+(the study file's folder, then the directory ``tuner run`` started in, both recorded in the
+spec when it is loaded, so every Ray worker and ``tuner worker`` finds the module the driver
+found), then from ``sys.path``. What the object is follows from its signature, which is
+unambiguous: one required parameter, ``train(trial)``, is a training function that owns its
+loop (tuner.trial); two, ``factory(options, context)``, is a factory of a `Trainable` that
+tuner's loop drives.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+Kind = Literal["function", "factory"]
+
+
+def search_path(study_file: Path, given: Sequence[str] = ()) -> list[str]:
+    """The absolute folders a study's user module is imported from, in order: the folders the
+    file gives (relative to it), the study file's folder, the working directory."""
+    folder = study_file.resolve().parent
+    folders = [str((folder / entry).resolve()) for entry in given]
+    folders += [str(folder), str(Path.cwd().resolve())]
+    return list(dict.fromkeys(folders))
+
+
+def import_user(target: str, folders: Sequence[str]) -> Any:
+    """Import ``module:name`` from `folders` first, then sys.path.
+
+    The folders go to the front of sys.path for good, not just for the import: the user's
+    module may import its neighbours later, while training.
+
+    Raises:
+        ValueError: the target is malformed, its module is not in any of those places, or
+            importing it failed (the message names where it looked, or the error inside).
+    """
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"{target!r} is not of the form 'module:function' (e.g. 'train:train')")
+    for folder in reversed(folders):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):  # the user's module itself
+            places = ", ".join(folders) + (", " if folders else "") + "sys.path"
+            raise ValueError(
+                f"cannot import {target!r}: no module {error.name!r} in {places}; put "
+                f"{module_name.replace('.', '/')}.py beside the study file"
+            ) from None
+        raise ValueError(f"cannot import {target!r}: {error}") from error
+    except Exception as error:  # the user's module raised while it was imported
+        raise ValueError(f"cannot import {target!r}: {type(error).__name__}: {error}") from error
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(
+            f"cannot import {target!r}: module {module_name!r} ({module.__file__}) has no "
+            f"{attribute!r}"
+        ) from None
+
+
+def kind(target: str, value: Any) -> Kind:
+    """Whether `value` is a training function ``(trial)`` or a factory ``(options, context)``.
+
+    Raises:
+        ValueError: it is not callable, or takes another number of required parameters.
+    """
+    try:
+        parameters = inspect.signature(value).parameters.values()
+    except (TypeError, ValueError):
+        raise ValueError(f"{target!r} is not a function: {value!r}") from None
+    required = [
+        p
+        for p in parameters
+        if p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(required) == 1:
+        return "function"
+    if len(required) == 2:
+        return "factory"
+    names = ", ".join(p.name for p in required)
+    raise ValueError(
+        f"{target!r} takes ({names}); a training function takes (trial), "
+        "a workload factory (options, context)"
+    )
