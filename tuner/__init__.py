@@ -1,7 +1,8 @@
 """tuner: hyperparameter search for deep-learning optimizers.
 
 Public surface: `best_config` / `BestConfig` to use a study's winner from other projects,
-`load_spec` and `run` to run studies from Python, and the error types.
+`load_spec` and `run` to run studies from Python, `current_trial` for a script run per trial,
+and the error types.
 
 The names that need torch, Optuna or pydantic are loaded on first use (module `__getattr__`,
 PEP 562), so `import tuner` and `tuner --help` stay quick: only the command that runs pays
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from tuner.api import BestConfig, best_config
     from tuner.config import TrainingConfig
     from tuner.runner import run
+    from tuner.script import current_trial
     from tuner.spec import StudySpec, load_spec
 
 # Public name → the module that defines it, imported when the name is first read.
@@ -33,6 +35,7 @@ _LAZY = {
     "best_config": "tuner.api",
     "TrainingConfig": "tuner.config",
     "run": "tuner.runner",
+    "current_trial": "tuner.script",
     "StudySpec": "tuner.spec",
     "load_spec": "tuner.spec",
 }
@@ -47,6 +50,7 @@ __all__ = [
     "TrainingConfig",
     "TunerError",
     "best_config",
+    "current_trial",
     "load_spec",
     "run",
 ]

@@ -38,6 +38,8 @@ class Trial:
         epochs: the study's ``[budget] epochs``: how many epochs to train and report.
         options: the study file's ``[workload.options]``.
         metric, direction: what the study optimises.
+        optuna_trial: the Optuna trial underneath (its storage, its id).
+        record: the learning curve so far, as the worker records it.
     """
 
     def __init__(
@@ -50,7 +52,8 @@ class Trial:
         record: TrainingRecord,
         on_report: Callable[[Trial, BaseException | None], None] | None = None,
     ):
-        self._trial, self._spec, self._record, self._on_report = trial, spec, record, on_report
+        self.optuna_trial, self.record = trial, record
+        self._spec, self._on_report = spec, on_report
         self.number = trial.number
         self.config, self.seed, self.device = config, seed, device
         self.epochs = spec.budget.epochs
@@ -89,7 +92,7 @@ class Trial:
             learning_rate=values.get("learning_rate", self.config.learning_rate),
         )
         try:
-            self.value = close_epoch(self._trial, self._spec, self._record, epoch, result)
+            self.value = close_epoch(self.optuna_trial, self._spec, self.record, epoch, result)
         except (optuna.TrialPruned, TrialDiverged) as stop:
             self.stopped = stop
             raise
@@ -124,7 +127,7 @@ def final_value(trial: Trial, returned: Any, what: str) -> float:
             )
         returned = returned[trial.metric]
     if returned is None:
-        if math.isnan(trial.value) and not trial._record.curve:
+        if math.isnan(trial.value) and not trial.record.curve:
             raise MetricNotReported(
                 f"{what} never reported the study's metric {trial.metric!r}: call "
                 f"trial.report({{{trial.metric!r}: value}}, epoch) or return the value"
