@@ -134,9 +134,9 @@ def run_script(spec: StudySpec, storage_url: str, trial: Trial) -> float:
         "config": trial.config.to_dict(),
     }
     env = {**os.environ, TRIAL_VARIABLE: json.dumps(handed)}
-    argv = command
+    argv = interpreted(command)
     if sys.platform.startswith("linux"):
-        argv = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command]
+        argv = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *argv]
     with tempfile.TemporaryDirectory(prefix="tuner-script-") as tmp:
         stdout_path = Path(tmp) / f"trial_{trial.number}_stdout.txt"
         stderr_path = Path(tmp) / f"trial_{trial.number}_stderr.txt"
@@ -151,6 +151,12 @@ def run_script(spec: StudySpec, storage_url: str, trial: Trial) -> float:
         _keep_output(trial, [stdout_path, stderr_path])
         tail = stderr_path.read_text(errors="replace").splitlines()[-STDERR_TAIL_LINES:]
     return _settle_script(trial, command, status, tail)
+
+
+def interpreted(command: list[str]) -> list[str]:
+    """The command, with a leading ``python`` meaning the interpreter tuner runs in: the one
+    where `tuner.current_trial()` can be imported, whatever ``python`` is first on PATH."""
+    return [sys.executable, *command[1:]] if command[:1] == ["python"] else list(command)
 
 
 def _settle_script(trial: Trial, command: list[str], status: int, tail: list[str]) -> float:

@@ -148,7 +148,7 @@ def _check_command(command: list[str], folder: Path) -> None:
         if not path.is_file() or not os.access(path, os.X_OK):
             why = "is not executable (chmod +x it)" if path.is_file() else "is not found"
             raise SpecError(f"[workload] command: {program!r} {why} in {folder}")
-    elif shutil.which(program) is None:
+    elif program != "python" and shutil.which(program) is None:  # python: tuner's own
         raise SpecError(f"[workload] command: {program!r} is not found on PATH")
     script = command[1] if len(command) > 1 else ""
     interpreter = Path(program).name.startswith(("python", "bash", "sh"))
