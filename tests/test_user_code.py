@@ -82,6 +82,13 @@ def function_study(name: str, module: str, extra: str = "") -> str:
         """
 
 
+def script_spec(folder: Path, name: str, script: str, extra: str) -> StudySpec:
+    """A study whose trials run ``python train.py``, with `script` as train.py."""
+    study = function_study(name, "x", extra)
+    study = study.replace('name = "x:train"', 'command = ["python", "train.py"]')
+    return load_spec(project(folder, {"train.py": script}, study))
+
+
 def unique(stem: str) -> str:
     return f"{stem}_{uuid.uuid4().hex[:8]}"
 
@@ -155,15 +162,9 @@ def test_report_prunes_a_function_trial_and_a_script_trial(tmp_path: Path, sqlit
     function_file = project(
         tmp_path / "function", {f"{module}.py": code}, function_study("pruned-fn", module, pruning)
     )
-    script_file = project(
-        tmp_path / "script",
-        {"train.py": script},
-        function_study("pruned-script", "x", pruning).replace(
-            'name = "x:train"', 'command = ["python", "train.py"]'
-        ),
-    )
-    for study_file in (function_file, script_file):
-        first, second = run_here(load_spec(study_file), sqlite_url)
+    script_study = script_spec(tmp_path / "script", "pruned-script", script, pruning)
+    for spec in (load_spec(function_file), script_study):
+        first, second = run_here(spec, sqlite_url)
         assert first.state == TrialState.COMPLETE and first.value == 1.0
         assert second.state == TrialState.PRUNED, second.user_attrs.get("fail_reason")
         assert second.intermediate_values == {1: 2.0}
@@ -221,14 +222,7 @@ def test_a_failing_script_is_a_fail_with_its_stderr_and_keeps_its_output(
             print("out of memory, says the script", file=sys.stderr)
             sys.exit(3)
         """
-    study = function_study("failing-script", "x", "[budget]\ntrials = 2\nepochs = 1\n")
-    spec = load_spec(
-        project(
-            tmp_path,
-            {"train.py": script},
-            study.replace('name = "x:train"', 'command = ["python", "train.py"]'),
-        )
-    )
+    spec = script_spec(tmp_path, "failing-script", script, "[budget]\ntrials = 2\nepochs = 1\n")
     ok, failed = run_here(spec, sqlite_url)
     assert ok.state == TrialState.COMPLETE and ok.value == 0.5
     assert failed.state == TrialState.FAIL
@@ -359,14 +353,7 @@ def test_ctrl_c_ends_a_script_trial_and_its_process_tree(
         trial.report(1.0, 1)
         time.sleep(600)
         """
-    study = function_study("script-interrupted", "x", "[budget]\ntrials = 1\nepochs = 2\n")
-    spec = load_spec(
-        project(
-            tmp_path,
-            {"train.py": script},
-            study.replace('name = "x:train"', 'command = ["python", "train.py"]'),
-        )
-    )
+    spec = script_spec(tmp_path, "script-interrupted", script, "[budget]\ntrials = 1\nepochs = 2\n")
     studies.create_or_resume(spec, open_storage(sqlite_url))
     worker = tuner_process("worker", spec.name, "--storage", sqlite_url)
     pids_file = tmp_path / "pids.txt"
