@@ -222,13 +222,12 @@ class StudySpec(_Model):
                 "[execution] trials_per_worker: a training function or command trains one "
                 "trial at a time per worker; set 1 (and leave out --batch), and add workers"
             )
-        for name in self.search.optimizers:
-            resolve_optimizer(name, self.optimizers.get(name, {}))
         # A table for an optimizer that is not searched is kept for later, but checked too,
-        # so a misspelt [optimizers.adma] is caught rather than silently ignored.
-        for name, table in self.optimizers.items():
-            if name not in self.search.optimizers:
-                resolve_optimizer(name, table)
+        # so a misspelt [optimizers.adma] is caught rather than silently ignored. Built once
+        # here, by its library (not for every trial's sampling, which resolves them again).
+        tables = {name: self.optimizers.get(name, {}) for name in self.search.optimizers}
+        for name, table in {**tables, **self.optimizers}.items():
+            _check_with_library(resolve_optimizer(name, table))
         return self
 
     def optimizer_choices(self) -> list[OptimizerSpec]:
@@ -402,7 +401,7 @@ def resolve_optimizer(name: str, table: Mapping[str, Any]) -> OptimizerSpec:
         else:
             fixed[key] = value
             knobs.pop(key, None)
-    choice = dataclasses.replace(
+    return dataclasses.replace(
         base,
         target=target,
         learning_rate=learning_rate,
@@ -410,8 +409,6 @@ def resolve_optimizer(name: str, table: Mapping[str, Any]) -> OptimizerSpec:
         fixed=fixed,
         weight_decay=weight_decay,
     )
-    _check_with_library(choice)
-    return choice
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
