@@ -116,3 +116,13 @@ def test_tuner_run_prints_and_records_no_secret(postgres_url: str, tmp_path: Pat
         assert "ter2" not in best.stderr and "***" in best.stderr
     finally:
         optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_artifacts_of_a_multi_host_storage_live_in_the_shared_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tuner dashboard` on such a URL found its artifact folder by parsing it (a traceback)."""
+    from tuner.artifacts import artifact_dir
+
+    monkeypatch.setenv("TUNER_ARTIFACT_DIR", str(tmp_path / "shared"))
+    assert artifact_dir("postgresql+psycopg://u:pw@h1:5432,h2:5433/db") == tmp_path / "shared"

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy.engine import make_url
 
 from tuner.storage import rdb_backend, user_data_dir
+from tuner.storage_urls import sqlite_file
 
 if TYPE_CHECKING:
     from optuna.artifacts import FileSystemArtifactStore
@@ -54,11 +54,10 @@ Curve = list[dict[str, Any]]
 def artifact_dir(storage: str | optuna.storages.BaseStorage | None) -> Path:
     """The artifact folder for a storage (its URL or the storage itself); see the module doc."""
     url = storage if isinstance(storage, str) else _storage_url(storage)
-    if url is not None:
-        parsed = make_url(url)
-        database = parsed.database
-        if parsed.get_backend_name() == "sqlite" and database and database != ":memory:":
-            return Path(database).expanduser().resolve().parent / "artifacts"
+    # sqlite_file parses SQLite URLs only: a libpq URL with several hosts is no SQLAlchemy URL.
+    database = sqlite_file(url) if url is not None else None
+    if database is not None:
+        return database.expanduser().resolve().parent / "artifacts"
     explicit = os.environ.get("TUNER_ARTIFACT_DIR")
     if explicit:
         return Path(explicit).expanduser()
