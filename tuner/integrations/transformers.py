@@ -1,0 +1,86 @@
+"""Hugging Face ``Trainer`` with a tuner trial: a callback that reports evaluation metrics,
+and the trial's optimizer and schedule for ``Trainer(optimizers=...)``.
+
+In a training function::
+
+    def train(trial):
+        args = TrainingArguments(
+            ..., num_train_epochs=trial.epochs, eval_strategy="epoch",
+            **training_arguments(trial.config),
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=..., eval_dataset=...,
+            optimizers=optimizers(trial.config, model, steps_per_epoch, trial.epochs),
+            callbacks=[TunerCallback(trial)],
+        )
+        trainer.train()
+
+The study's metric is named as the Trainer names it (``eval_loss``, ``eval_accuracy``).
+Needs the extra ``tuner[transformers]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from tuner.config import TrainingConfig
+from tuner.integrations import Reporter
+from tuner.schedules import Scheduler
+from tuner.trial import Trial
+
+
+class TunerCallback(TrainerCallback):
+    """Report each evaluation's metrics (step = evaluations so far: epochs with
+    ``eval_strategy="epoch"``); when the pruner stops the trial, stop training and raise
+    `optuna.TrialPruned` from ``trainer.train()`` once it has stopped."""
+
+    def __init__(self, trial: Trial):
+        self.reporter = Reporter(trial)
+        self.evaluations = 0
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.evaluations += 1
+        if self.reporter.report(metrics or {}, self.evaluations):
+            control.should_training_stop = True
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.reporter.raise_stop()
+
+
+def training_arguments(config: TrainingConfig) -> dict[str, Any]:
+    """``TrainingArguments`` the configuration decides: its batch size, and its clipping
+    (none when off: the Trainer clips at norm 1.0 unless told otherwise)."""
+    options: dict[str, Any] = {"max_grad_norm": config.max_grad_norm or 0.0}
+    if config.batch_size is not None:
+        options["per_device_train_batch_size"] = config.batch_size
+    return options
+
+
+def optimizers(
+    config: TrainingConfig, model: torch.nn.Module, steps_per_epoch: int, epochs: int
+) -> tuple[torch.optim.Optimizer, Scheduler]:
+    """``Trainer(optimizers=...)`` for `config` (a trial's, or `tuner.best_config()`).
+
+    Raises:
+        ValueError: the schedule is ``plateau``, which needs the metric every epoch; the
+            Trainer steps its scheduler after every optimizer step without one.
+    """
+    if config.schedule == "plateau":
+        raise ValueError(
+            "schedule 'plateau' needs the metric each epoch, which the Hugging Face Trainer "
+            "does not give its scheduler: leave plateau out of [search] schedules"
+        )
+    optimizer = config.build_optimizer(p for p in model.parameters() if p.requires_grad)
+    return optimizer, config.build_scheduler(optimizer, steps_per_epoch, epochs)
