@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from tuner.config import TrainingConfig
 from tuner.errors import EmptyStudyError
-from tuner.results import best_trials_by_optimizer, open_study
+from tuner.results import best_by_optimizer, open_study
 
 if TYPE_CHECKING:
     import torch
@@ -26,10 +26,16 @@ class BestConfig(TrainingConfig):
 
     Attributes:
         study: the study's name.
-        trial_number: the winning trial.
-        value: its final validation metric.
+        trial_number: the search trial that found the winning configuration.
+        value: that trial's final validation metric (one run, one seed).
         metric: the metric's name (``val_accuracy``, ``loss``, ...).
         direction: ``minimize`` or ``maximize``.
+        confirmed: whether the configuration was re-trained on fresh seeds
+            (``[budget] confirm``); when False, `value` is all there is to go on.
+        seeds: how many fresh seeds it was re-trained on (0 if never).
+        mean: the mean of the metric over the fresh seeds that completed, or None.
+        spread: the standard deviation over those seeds, or None below two.
+        failed_seeds: fresh seeds on which it failed (diverged).
     """
 
     study: str
@@ -37,6 +43,11 @@ class BestConfig(TrainingConfig):
     value: float
     metric: str
     direction: str
+    confirmed: bool = False
+    seeds: int = 0
+    mean: float | None = None
+    spread: float | None = None
+    failed_seeds: int = 0
 
     def build_scheduler(
         self,
@@ -59,7 +70,8 @@ class BestConfig(TrainingConfig):
 def best_config(
     study: str, *, optimizer: str | None = None, storage: str | None = None
 ) -> BestConfig:
-    """The best completed trial's configuration.
+    """The best configuration: the best completed trial, judged by the mean over fresh seeds
+    where the study confirmed its winners (see tuner.results for the ranking).
 
     Args:
         study: the study's name (the ``name`` of its study file).
@@ -71,22 +83,28 @@ def best_config(
         EmptyStudyError: no completed trial (of that optimizer type) yet.
     """
     loaded, _ = open_study(study, storage)
-    best = best_trials_by_optimizer(loaded)
+    everything = best_by_optimizer(loaded)
+    best = everything
     if optimizer is not None:
         best = {optimizer: best[optimizer]} if optimizer in best else {}
     if not best:
         which = ""
         if optimizer:
-            others = ", ".join(best_trials_by_optimizer(loaded)) or "none"
+            others = ", ".join(everything) or "none"
             which = f" of optimizer {optimizer!r} (types that have one: {others})"
         raise EmptyStudyError(f"study {study!r} has no completed trial{which} yet")
-    trial = next(iter(best.values()))
-    config = TrainingConfig.from_dict(trial.user_attrs["config"])
+    ranked = next(iter(best.values()))
+    config = TrainingConfig.from_dict(ranked.trial.user_attrs["config"])
     return BestConfig(
         **{name: getattr(config, name) for name in TrainingConfig.__dataclass_fields__},
         study=study,
-        trial_number=trial.number,
-        value=float(trial.value),
+        trial_number=ranked.trial.number,
+        value=float(ranked.trial.value),
         metric=loaded.user_attrs.get("metric", "value"),
         direction=loaded.direction.name.lower(),
+        confirmed=ranked.confirmed,
+        seeds=ranked.seeds,
+        mean=ranked.mean if ranked.seed_values else None,
+        spread=ranked.spread,
+        failed_seeds=ranked.failed_seeds,
     )

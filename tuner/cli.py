@@ -28,16 +28,25 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"budget.trials={args.trials}")
     if args.timeout is not None:
         overrides.append(f"budget.timeout_seconds={args.timeout}")
+    if args.confirm is not None:
+        top, seeds = args.confirm
+        overrides.append(f"budget.confirm={{ top = {top}, seeds = {seeds} }}")
     spec = with_overrides(
         load_spec(args.spec, overrides),
         workers=args.workers,
         ray_address=args.ray_address,
         storage=args.storage,
         trials_per_worker=args.batch,
+        warm_start=args.warm_start,
     )
     console = Console()
     with StudyProgress(console, spec.budget.trials) as progress:
-        study = run(spec, on_start=progress.start, on_tick=progress.tick)
+        study = run(
+            spec,
+            on_start=progress.start,
+            on_tick=progress.tick,
+            say=lambda line: console.print(line, markup=False, soft_wrap=True),
+        )
     from tuner.storage import resolve_storage_url
 
     # A study that completed no trial has no result: a script must not take it for one.
@@ -47,6 +56,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _best(args: argparse.Namespace) -> int:
     from tuner.api import best_config
+    from tuner.display import describe_seeds
 
     config = best_config(args.study, optimizer=args.optimizer, storage=args.storage)
     if args.json:
@@ -64,7 +74,11 @@ def _best(args: argparse.Namespace) -> int:
     table.add_column("key", style="bold")
     table.add_column("value")
     for key, value in [
-        (config.metric, f"{config.value:.6g} ({config.direction})"),
+        (config.metric, f"{config.value:.6g} ({config.direction}), on the search's seed"),
+        (
+            "fresh seeds",
+            describe_seeds(config.mean, config.spread, config.seeds, config.failed_seeds),
+        ),
         # escape: rich would read "[torch.optim:SGD]" as markup and drop it.
         ("optimizer", escape(f"{config.optimizer}  [{config.target}]")),
         ("learning_rate", f"{config.learning_rate:.6g}"),
@@ -86,7 +100,15 @@ def _best(args: argparse.Namespace) -> int:
         ),
     ]:
         table.add_row(key, value)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if not config.confirmed:
+        console.print(
+            f"Study {config.study} was never confirmed: this is one run on one seed, and on "
+            "small data a lucky seed wins. Re-run its study file with --confirm 3x3 to "
+            "re-train the top 3 configurations on 3 fresh seeds each.",
+            markup=False,
+        )
     return 0
 
 
@@ -164,6 +186,15 @@ def _trials_per_worker(text: str) -> int | str:
     return value
 
 
+def _confirm(text: str) -> tuple[int, int]:
+    top, sep, seeds = text.lower().partition("x")
+    if sep and top.isdigit() and seeds.isdigit() and int(top) > 0 and int(seeds) > 0:
+        return int(top), int(seeds)
+    raise argparse.ArgumentTypeError(
+        f"expected TOPxSEEDS with positive numbers, e.g. 3x3 (the top 3 on 3 seeds), not {text!r}"
+    )
+
+
 BATCH_HELP = (
     "trials one worker trains at once, stacked where their optimizer allows "
     "(default: the file's [execution] trials_per_worker; 'auto': 64 on a GPU, 1 on a CPU)"
@@ -201,6 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch", type=_trials_per_worker, metavar="K", help=BATCH_HELP)
     run.add_argument("--trials", type=int, help="trial budget (overrides [budget] trials)")
     run.add_argument("--timeout", type=float, help="wall-time budget in seconds")
+    run.add_argument(
+        "--warm-start",
+        action="append",
+        metavar="STUDY",
+        help="seed a new study with an earlier study's best configurations and agreeing "
+        "trials (repeatable; adds to the file's [search] warm_start)",
+    )
+    run.add_argument(
+        "--confirm",
+        type=_confirm,
+        metavar="TOPxSEEDS",
+        help="after the search, re-train the TOP best configurations on SEEDS fresh seeds "
+        "each, e.g. 3x3 (overrides [budget] confirm)",
+    )
     run.add_argument(
         "--set",
         action="append",

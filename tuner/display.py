@@ -15,14 +15,18 @@ from rich.table import Table
 
 from tuner.config import TrainingConfig
 from tuner.results import (
-    best_trials_by_optimizer,
+    CONFIRMS,
+    COPIED_FROM,
+    RankedConfig,
+    best_trained_value,
     count_sentence,
     count_states,
+    ranked_by_optimizer,
     states_by_optimizer,
     trial_config,
     trial_optimizer,
 )
-from tuner.study import retries
+from tuner.study import outside_budget
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -77,17 +81,15 @@ class StudyProgress:
         """Refresh the bar from storage."""
         trials = self.study.get_trials(deepcopy=False)
         counts = count_states(trials)
-        best = None
-        if counts[TrialState.COMPLETE]:
-            best = self.study.best_value
         self.progress.update(
             self.task,
-            # Slots are laid down as workers go: the total is the budget, plus any retries.
-            total=self.budget + retries(trials) if self.budget else None,
+            # Slots are laid down as workers go: the total is the budget, plus any retries,
+            # warm-start copies and confirmation runs.
+            total=self.budget + outside_budget(trials) if self.budget else None,
             completed=sum(counts[state] for state in FINISHED),
             pruned=counts[TrialState.PRUNED],
             failed=counts[TrialState.FAIL],
-            best=format_value(best),
+            best=format_value(best_trained_value(trials, self.study.direction)),
         )
 
 
@@ -124,6 +126,34 @@ def describe_config(config: TrainingConfig | None) -> str:
     return ", ".join(parts)
 
 
+def describe_seeds(mean: float | None, spread: float | None, seeds: int, failed: int) -> str:
+    """How a configuration did when re-trained on fresh seeds (tuner.confirmation), e.g.
+    ``0.9812 ± 0.0041 over 3 fresh seeds``, or that it never was."""
+    if not seeds:
+        return "not confirmed (one run on one seed)"
+    parts = []
+    if mean is not None:
+        completed = seeds - failed
+        spread_text = "" if spread is None else f" ± {spread:.2g}"
+        parts.append(
+            f"{format_value(mean)}{spread_text} over {completed} fresh "
+            f"seed{'s' if completed != 1 else ''}"
+        )
+    if failed:
+        parts.append(f"failed on {failed} of {seeds} fresh seeds")
+    return ", ".join(parts)
+
+
+def describe_ranked(config: RankedConfig) -> str:
+    """`describe_seeds` for a ranked configuration."""
+    return describe_seeds(
+        config.mean if config.seed_values else None,
+        config.spread,
+        config.seeds,
+        config.failed_seeds,
+    )
+
+
 def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bool:
     """The best trial, the best trial of each optimizer type, and where the study lives;
     False (after saying so) when no trial completed: the study has nothing to report."""
@@ -131,8 +161,13 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
 
     metric = study.user_attrs.get("metric", "value")
     trials = study.get_trials(deepcopy=False)
-    console.print(f"\n[bold]{study.study_name}[/]: {count_sentence(trials)}")
-    per_optimizer = best_trials_by_optimizer(study)
+    extra = _beyond_the_search(trials)
+    console.print(
+        f"\n[bold]{study.study_name}[/]: {count_sentence(trials)}"
+        + (f" ({extra})" if extra else "")
+    )
+    ranked = ranked_by_optimizer(trials, study.direction)
+    per_optimizer = {name: config.trial for name, config in ranked.items()}
     if not trials:
         console.print("[yellow]No trial ran[/]: the study has nothing to report.")
         return False
@@ -142,10 +177,12 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
             if "fail_reason" in trial.user_attrs:
                 console.print(f"  trial {trial.number}: {trial.user_attrs['fail_reason']}")
         return False
-    best = next(iter(per_optimizer.values()))
+    name, winner = next(iter(ranked.items()))
+    best = winner.trial
     console.print(
         f"Best: trial {best.number}, {metric} = [bold green]{format_value(best.value)}[/] with "
-        f"[bold]{trial_optimizer(best)}[/] ({describe_config(trial_config(best))})"
+        f"[bold]{name}[/] ({describe_config(trial_config(best))}); {describe_ranked(winner)}",
+        soft_wrap=True,
     )
     # No vertical rules, and the three counts in one column: at 80 columns the configuration
     # keeps about half the width and wraps between its settings, never inside one.
@@ -157,6 +194,9 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
         table.add_column(column, no_wrap=True)
     table.add_column("complete/\npruned/\nfailed", justify="center", no_wrap=True)
     table.add_column("configuration", overflow="fold", ratio=1)
+    confirmed = any(config.confirmed for config in ranked.values())
+    if confirmed:
+        table.add_column("fresh seeds", overflow="fold")
     for name, counts_of in states_by_optimizer(trials, per_optimizer).items():
         trial = per_optimizer.get(name)
         table.add_row(
@@ -168,6 +208,7 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
                 for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
             ),
             describe_config(trial_config(trial)) if trial else "",
+            *([describe_ranked(ranked[name]) if trial else ""] if confirmed else []),
         )
     console.print(table)
     # soft_wrap: a path or URL broken over two lines cannot be copied.
@@ -179,6 +220,16 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
         soft_wrap=True,
     )
     return True
+
+
+def _beyond_the_search(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """What the study holds besides its search's trials: ``12 copied by a warm start, 9
+    confirmation runs``, or ``""``."""
+    copied = sum(COPIED_FROM in trial.user_attrs for trial in trials)
+    confirming = sum(CONFIRMS in trial.user_attrs for trial in trials)
+    parts = [f"{copied} copied by a warm start"] if copied else []
+    parts += [f"{confirming} confirmation runs"] if confirming else []
+    return ", ".join(parts)
 
 
 def storage_option(storage_url: str) -> str:
@@ -199,9 +250,8 @@ def print_status(console: Console, study: optuna.Study) -> None:
     import datetime
 
     trials = study.get_trials(deepcopy=False)
-    counts = count_states(trials)
     metric = study.user_attrs.get("metric", "value")
-    best = study.best_value if counts[TrialState.COMPLETE] else None
+    best = best_trained_value(trials, study.direction)
     console.print(f"[bold]{study.study_name}[/]: {count_sentence(trials)}")
     console.print(
         f"best {metric}: [bold green]{format_value(best)}[/] ({study.direction.name.lower()})"

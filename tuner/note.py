@@ -210,6 +210,23 @@ def study_note(spec: StudySpec) -> str:
         f"at most {spec.budget.epochs} epochs per trial.",
         "",
     ]
+    if spec.budget.confirm:
+        lines[-1:-1] = [
+            "",
+            f"After the search, the top {spec.budget.confirm.top} configurations are re-trained "
+            f"on {spec.budget.confirm.seeds} fresh seeds each (trials with the user attribute "
+            "`confirms`, outside the budget); rankings use the mean over those seeds.",
+        ]
+    if spec.search.warm_start:
+        lines += [
+            "## Warm start",
+            "",
+            f"Seeded when created from {', '.join(spec.search.warm_start)}: their best "
+            "configurations were queued as the first trials, and their finished trials that "
+            "this space samples alike were copied in (user attribute `copied_from`). The "
+            "study's user attribute `warm_start` says what came from each.",
+            "",
+        ]
     lines += [
         "## Sampler and pruner",
         "",

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import TrialState
 
+from tuner import confirmation, warm_start
 from tuner import study as studies
 from tuner.errors import StorageError
 from tuner.spec import StudySpec, parse_spec
@@ -27,8 +28,10 @@ def with_overrides(
     ray_address: str | None = None,
     storage: str | None = None,
     trials_per_worker: int | str | None = None,
+    warm_start: list[str] | None = None,
 ) -> StudySpec:
-    """The spec with command-line execution settings applied (the CLI beats the file).
+    """The spec with command-line execution settings applied (the CLI beats the file), and
+    ``--warm-start`` studies added to the file's.
 
     Raises:
         SpecError: an override is invalid (``workers=0``), like the same key in the file.
@@ -40,10 +43,12 @@ def with_overrides(
         "trials_per_worker": trials_per_worker,
     }
     updates = {key: value for key, value in updates.items() if value is not None}
-    if not updates:
+    added = [name for name in dict.fromkeys(warm_start or []) if name not in spec.search.warm_start]
+    if not updates and not added:
         return spec
     data = spec.to_dict()
     data["execution"] = {**data["execution"], **updates}
+    data["search"] = {**data["search"], "warm_start": [*spec.search.warm_start, *added]}
     return parse_spec(data, "command line")
 
 
@@ -59,24 +64,67 @@ def _fail_orphans(study: optuna.Study, run_id: str) -> None:
                 pass  # its worker finished it first
 
 
+def warm_start_sources(spec: StudySpec, url: str) -> list[warm_start.Source]:
+    """The spec's warm-start studies, checked, if its study is still to be created (a warm
+    start seeds a new study only); [] otherwise.
+
+    Raises:
+        SpecError: a warm-start study trains another workload or metric.
+        StudyNotFoundError: a warm-start study is not in the storage.
+    """
+    storage = open_storage(url)
+    if spec.name in optuna.get_all_study_names(storage):
+        return []
+    return warm_start.check_sources(spec, storage, url)
+
+
+def create_study(
+    spec: StudySpec, url: str, sources: list[warm_start.Source] | None = None
+) -> tuple[optuna.Study, list[warm_start.Transfer]]:
+    """Create the study, warm-started from `sources` (by default `warm_start_sources`), or
+    resume it; return it with what each earlier study gave it (nothing on a resume).
+
+    Raises:
+        SpecError: the study exists with another search space or warm start, or a warm-start
+            study trains another workload or metric.
+        StudyNotFoundError: a warm-start study is not in the storage.
+    """
+    if sources is None:
+        sources = warm_start_sources(spec, url)
+    storage = open_storage(url)
+    study = studies.create_or_resume(spec, storage)
+    if not sources:
+        return study, []
+    try:
+        return study, warm_start.seed(study, spec, sources)
+    except BaseException:  # a half-seeded study would resume as if seeded: none at all
+        optuna.delete_study(study_name=spec.name, storage=storage)
+        raise
+
+
 def run(
     spec: StudySpec,
     *,
     on_start: Callable[[optuna.Study, str], None] | None = None,
     on_tick: Callable[[], None] | None = None,
+    say: Callable[[str], None] = print,
 ) -> optuna.Study:
-    """Run a study to the end of its budget and return it.
+    """Run a study to the end of its budget, then confirm its winners if the spec asks
+    (tuner.confirmation), and return it.
 
     Args:
         spec: the validated study spec (see `load_spec` and `with_overrides`).
         on_start: called with the study and its storage URL once it exists.
         on_tick: called about twice a second while the workers run (progress display).
+        say: prints a line for the user (what a warm start or a confirmation did).
 
     Raises:
         StorageError: the storage cannot be reached, or is SQLite for a multi-machine cluster.
         DatasetMissingError: the workload's data files are not on this machine.
-        SpecError: the study exists with another search space, or no Ray node can hold a
-            worker's CPUs or GPUs.
+        SpecError: the study exists with another search space or warm start, a warm-start
+            study trains another workload or metric, or no Ray node can hold a worker's CPUs
+            or GPUs.
+        StudyNotFoundError: a warm-start study is not in the storage.
         ClusterUnreachableError: ``ray_address`` does not answer.
     """
     url = resolve_storage_url(None, spec.execution.storage)
@@ -87,17 +135,35 @@ def run(
         )
     if not spec.execution.ray_address:  # on a cluster the data lives on the workers' nodes
         preflight(spec.workload)
-    storage = open_storage(url)
+    sources = warm_start_sources(spec, url)
     from tuner.execution.ray import run_on_ray, start_ray
 
     start_ray(spec.execution)  # an unreachable cluster or too few GPUs: before any write
-    study = studies.create_or_resume(spec, storage)
+    study, transfers = create_study(spec, url, sources)
     if on_start:
         on_start(study, url)
+    for transfer in transfers:
+        say(transfer.describe())
     run_id = f"run-{uuid.uuid4().hex[:8]}"
+    tick = on_tick or (lambda: None)
     try:
-        run_on_ray(spec, url, run_id, spec.budget.timeout_seconds, on_tick or (lambda: None))
+        run_on_ray(spec, url, run_id, spec.budget.timeout_seconds, tick)
+        if spec.budget.confirm:
+            queued = confirmation.queue_runs(study, spec)
+            say(queued.describe(spec.budget.confirm.seeds))
+            if queued.runs:
+                run_on_ray(queued_only(study, spec), url, run_id, None, tick)
     except KeyboardInterrupt:
         _fail_orphans(study, run_id)
         raise
     return study
+
+
+def queued_only(study: optuna.Study, spec: StudySpec) -> StudySpec:
+    """The spec with a trial budget of the trials the search made, so that workers claim the
+    queued confirmation runs and no new trial (even where the budget was only a timeout)."""
+    trials = study.get_trials(deepcopy=False)
+    made = len(trials) - studies.outside_budget(trials)
+    # Without confirm, which the workers do not read: its top may exceed what a timeout left.
+    budget = spec.budget.model_copy(update={"trials": made, "confirm": None})
+    return parse_spec({**spec.to_dict(), "budget": budget.model_dump(mode="json")})

@@ -76,6 +76,15 @@ class SearchSpec(_Model):
     max_grad_norm: Number | Range = (0.1, 10.0)
     lookahead: Toggle = "off"
     batch_sizes: list[Int] = Field(default_factory=lambda: [128])
+    #: Earlier studies in the same storage whose results seed a new study (tuner.warm_start).
+    warm_start: list[str] = Field(default_factory=list)
+
+    @field_validator("warm_start")
+    @classmethod
+    def _distinct_studies(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a study twice")
+        return value
 
     @field_validator("optimizers", "schedules", "batch_sizes")
     @classmethod
@@ -120,17 +129,33 @@ class SearchSpec(_Model):
         return value
 
 
+class ConfirmSpec(_Model):
+    """After the search, re-train the `top` configurations on `seeds` fresh seeds each
+    (tuner.confirmation); rankings then use the mean over those seeds."""
+
+    top: Int = Field(default=3, gt=0)
+    seeds: Int = Field(default=3, gt=0)
+
+
 class BudgetSpec(_Model):
-    """How many trials, how long, and how many epochs each trial may train."""
+    """How many trials, how long, how many epochs each trial may train, and the confirmation
+    of the winners on fresh seeds (beyond the trial budget)."""
 
     trials: Int | None = Field(default=None, gt=0)
     timeout_seconds: Number | None = Field(default=None, gt=0)
     epochs: Int = Field(default=10, gt=0)
+    confirm: ConfirmSpec | None = None
 
     @model_validator(mode="after")
     def _bounded(self) -> BudgetSpec:
         if self.trials is None and self.timeout_seconds is None:
             raise ValueError("set trials, timeout_seconds or both, or the study never ends")
+        if self.confirm and self.trials is not None and self.confirm.top > self.trials:
+            raise ValueError(
+                f"confirm top = {self.confirm.top} is more configurations than the "
+                f"{self.trials} trials of the budget can finish: confirm top = {self.trials} "
+                "or fewer, or raise trials"
+            )
         return self
 
 
@@ -213,6 +238,11 @@ class StudySpec(_Model):
         """Check the workload and metric, and every optimizer table against its library class."""
         from tuner.workloads import owns_loop, resolve_metric
 
+        if self.name in self.search.warm_start:
+            raise ValueError(
+                f"[search] warm_start: study {self.name!r} cannot warm-start from itself; "
+                "name earlier studies"
+            )
         metric, direction = resolve_metric(self.workload, self.metric, self.direction)
         object.__setattr__(self, "metric", metric)
         object.__setattr__(self, "direction", direction)

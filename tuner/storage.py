@@ -44,6 +44,11 @@ RECONNECT_MAX_DELAY = 8.0
 
 #: The system attribute naming the claim that took a trial (see claim_trial).
 CLAIM_TOKEN_KEY = "tuner:claim"
+#: System attributes that keep a trial out of the trial budget's count: a retry of a trial
+#: whose worker died (Optuna's ``failed_trial``), and trials tuner adds beyond the search
+#: (warm-start copies, confirmation runs: tuner.warm_start, tuner.confirmation).
+OUTSIDE_BUDGET_KEY = "tuner:outside_budget"
+UNCOUNTED_KEYS = ("failed_trial", OUTSIDE_BUDGET_KEY)
 
 logger = logging.getLogger(__name__)
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -170,7 +175,8 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         left would never run (Optuna retries a trial once). So each claim writes a token with
         the trial (system attribute ``tuner:claim``), and a retried claim first looks for it.
 
-        Retries of trials whose worker died (system attribute ``failed_trial``) do not count.
+        Retries of trials whose worker died and trials tuner adds beyond the search (system
+        attributes `UNCOUNTED_KEYS`) do not count.
         A new trial's system attributes are ``system_attrs(index)``, index being how many
         trials counted before it. Its heartbeat is recorded in the same transaction (when
         heartbeats are on), so a worker that dies right after claiming leaves a trial that goes
@@ -220,7 +226,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         with _create_scoped_session(self.scoped_session) as session:
             if session.execute(_lock_study(), {"study_id": study_id}).first() is None:
                 raise KeyError(models.NOT_FOUND_MSG)
-            made, retries, waiting_id = session.execute(
+            made, uncounted, waiting_id = session.execute(
                 _claim_query(), {"study_id": study_id}
             ).one()
             if waiting_id is not None:
@@ -239,7 +245,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                     session.flush()
                     session.expire(trial, ["system_attributes"])
                     return self._build_frozen_trial_from_trial_model(trial)
-            index = made - retries
+            index = made - uncounted
             if budget is not None and index >= budget:
                 return None
             attrs = {**system_attrs(index), CLAIM_TOKEN_KEY: token}
@@ -332,19 +338,20 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
 @functools.cache
 def _claim_query() -> sqlalchemy.Select:
-    """How many trials the study ``study_id`` has, how many of them are retries, and its
-    oldest WAITING trial, in one pass over its trials (hand-written: Optuna offers none of
-    the three). A retry is found by an index probe per trial, in the select list so that the
-    database cannot turn it into a scan of every study's system attributes."""
+    """How many trials the study ``study_id`` has, how many of them the budget does not count
+    (`UNCOUNTED_KEYS`), and its oldest WAITING trial, in one pass over its trials
+    (hand-written: Optuna offers none of the three). An uncounted trial is found by index
+    probes per trial, in the select list so that the database cannot turn it into a scan of
+    every study's system attributes."""
     trials = models.TrialModel.__table__
     attributes = models.TrialSystemAttributeModel.__table__
-    is_retry = sqlalchemy.exists().where(
-        attributes.c.trial_id == trials.c.trial_id, attributes.c.key == "failed_trial"
+    uncounted = sqlalchemy.exists().where(
+        attributes.c.trial_id == trials.c.trial_id, attributes.c.key.in_(UNCOUNTED_KEYS)
     )
     waiting = sqlalchemy.case((trials.c.state == TrialState.WAITING, trials.c.trial_id))
     return sqlalchemy.select(
         sqlalchemy.func.count(),
-        sqlalchemy.func.coalesce(sqlalchemy.func.sum(sqlalchemy.case((is_retry, 1), else_=0)), 0),
+        sqlalchemy.func.coalesce(sqlalchemy.func.sum(sqlalchemy.case((uncounted, 1), else_=0)), 0),
         sqlalchemy.func.min(waiting),
     ).where(trials.c.study_id == sqlalchemy.bindparam("study_id"))
 

@@ -20,7 +20,7 @@ from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 
 from tuner.errors import SpecError
 from tuner.spec import StudySpec
-from tuner.storage import rdb_backend
+from tuner.storage import UNCOUNTED_KEYS, rdb_backend
 from tuner.storage_urls import mask_url
 
 # Heartbeat callbacks, fail_stale_trials and grouped multivariate TPE are marked experimental
@@ -121,6 +121,14 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
                 f"study {spec.name!r} already exists with a different {', '.join(changed)}; "
                 "resume it with the same study file, or give the new one another name"
             )
+        warm_start = recorded.get("search", {}).get("warm_start", [])
+        if warm_start != spec.search.warm_start:
+            raise SpecError(
+                f"study {spec.name!r} already exists, warm-started from "
+                f"{', '.join(warm_start) or 'no study'}; a warm start seeds a new study: give "
+                "it another name to warm-start it from "
+                f"{', '.join(spec.search.warm_start) or 'no study'}"
+            )
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
@@ -138,18 +146,23 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
     return study
 
 
+#: Keys of recorded spec parts that do not define the search space: where the study file
+#: was (``[workload] search_path``: a study resumed from another folder keeps its space) and
+#: the warm-start studies (``[search] warm_start``: they only seed a new study).
+NOT_SEARCHED = ("search_path", "warm_start")
+
+
 def _searched(part: Any) -> Any:
-    """A recorded spec part without where the study file was (``[workload] search_path``): a
-    study resumed from another folder keeps its search space."""
-    if isinstance(part, dict) and "search_path" in part:
-        return {key: value for key, value in part.items() if key != "search_path"}
+    """A recorded spec part without its `NOT_SEARCHED` keys."""
+    if isinstance(part, dict):
+        return {key: value for key, value in part.items() if key not in NOT_SEARCHED}
     return part
 
 
 def claim_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
     """A trial for this worker: a waiting retry, else a new one while the budget lasts.
 
-    Returns None once ``[budget] trials`` trials have been handed out (retries not counted).
+    Returns None once ``[budget] trials`` trials have been handed out (see `outside_budget`).
     """
     study._thread_local.cached_all_trials = None  # samplers see fresh trials, as in ask()
     claimed = rdb_backend(study._storage).claim_trial(
@@ -182,6 +195,7 @@ def _remember(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         cached.unfinished_trial_ids.add(trial._trial_id)  # re-read until it finishes
 
 
-def retries(trials: list[optuna.trial.FrozenTrial]) -> int:
-    """How many trials are retries of trials whose worker died (beyond the budget)."""
-    return sum("failed_trial" in trial.system_attrs for trial in trials)
+def outside_budget(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """How many trials the budget does not count: retries of trials whose worker died,
+    warm-start copies and confirmation runs (see tuner.storage.UNCOUNTED_KEYS)."""
+    return sum(any(key in trial.system_attrs for key in UNCOUNTED_KEYS) for trial in trials)

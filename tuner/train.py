@@ -16,6 +16,7 @@ import optuna
 import torch
 
 from tuner.config import TrainingConfig
+from tuner.results import is_reevaluation
 from tuner.schedules import steps_per_epoch_scheduler
 from tuner.spec import StudySpec
 from tuner.workloads import TrialContext, build_trainable
@@ -76,7 +77,8 @@ def close_epoch(
 
     Raises:
         TrialDiverged: the loss, the parameters or the metric stopped being finite.
-        optuna.TrialPruned: the pruner stopped the trial (never after the last epoch).
+        optuna.TrialPruned: the pruner stopped the trial (never after the last epoch, never a
+            re-evaluation of a known configuration: tuner.results.is_reevaluation).
     """
     norm = result.parameter_norm
     if not math.isfinite(result.train_loss) or not math.isfinite(norm) or norm > EXPLODED_NORM:
@@ -97,8 +99,13 @@ def close_epoch(
         }
     )
     trial.report(value, epoch)
-    # After the last epoch there is nothing left to save: keep the finished result.
-    if epoch < spec.budget.epochs and trial.should_prune():
+    # After the last epoch there is nothing left to save: keep the finished result. A trial
+    # that re-trains a known configuration is there to measure its final value: never pruned.
+    if (
+        epoch < spec.budget.epochs
+        and not is_reevaluation(trial.user_attrs)
+        and trial.should_prune()
+    ):
         raise optuna.TrialPruned(f"pruned after epoch {epoch}: {spec.metric} = {value:.4g}")
     return value
 

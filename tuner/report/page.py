@@ -15,7 +15,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from tuner.display import describe_config, format_value
+from tuner.display import describe_config, describe_ranked, format_value
 from tuner.importance import ParameterImportances
 from tuner.report.snapshot import StudySnapshot
 from tuner.results import count_sentence, states_by_optimizer, trial_config, trial_optimizer
@@ -91,7 +91,8 @@ def page(
 
 
 def _facts(snapshot: StudySnapshot) -> list[tuple[str, Any]]:
-    spec, metric, best = snapshot.spec, snapshot.metric, snapshot.ranked[0]
+    spec, metric = snapshot.spec, snapshot.metric
+    winner = next(iter(snapshot.ranked_by_optimizer.values()), None)
 
     return [
         ("study", snapshot.name),
@@ -101,7 +102,13 @@ def _facts(snapshot: StudySnapshot) -> list[tuple[str, Any]]:
         ("metric", metric),
         ("direction", snapshot.direction_name),
         ("trials", count_sentence(snapshot.trials)),
-        ("best", f"trial {best.number}: {metric} = {format_value(best.value)}"),
+        (
+            "best",
+            f"trial {winner.trial.number}: {metric} = {format_value(winner.trial.value)}; "
+            f"{describe_ranked(winner)}"
+            if winner
+            else "—",
+        ),
         (
             "sampler / pruner",
             f"{(spec.get('sampler') or {}).get('name', '—')} / "
@@ -127,6 +134,7 @@ def _per_optimizer(snapshot: StudySnapshot) -> str:
                 states[TrialState.COMPLETE],
                 states[TrialState.PRUNED],
                 states[TrialState.FAIL],
+                describe_ranked(snapshot.ranked_by_optimizer[optimizer]) if trial else "—",
             ]
         )
     return _table(
@@ -138,6 +146,7 @@ def _per_optimizer(snapshot: StudySnapshot) -> str:
             "complete",
             "pruned",
             "failed",
+            "fresh seeds",
         ],
         rows,
     )

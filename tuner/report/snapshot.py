@@ -11,7 +11,13 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from tuner.importance import finished
-from tuner.results import best_by_optimizer, direction_sign, trial_optimizer
+from tuner.results import (
+    RankedConfig,
+    direction_sign,
+    is_search_trial,
+    ranked_by_optimizer,
+    trial_optimizer,
+)
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,21 @@ class StudySnapshot:
 
     @cached_property
     def ranked(self) -> list[FrozenTrial]:
-        """The complete trials, best first."""
-        return sorted(self.complete, key=lambda trial: self.sign * trial.value)
+        """The complete trials of the search, best first (confirmation runs and warm-start
+        copies are shown with the configuration they belong to: `ranked_by_optimizer`)."""
+        search = [trial for trial in self.complete if is_search_trial(trial)]
+        return sorted(search, key=lambda trial: self.sign * trial.value)
+
+    @cached_property
+    def ranked_by_optimizer(self) -> dict[str, RankedConfig]:
+        """The best configuration of each optimizer type, by the mean over fresh seeds where
+        it was confirmed (tuner.results), best first."""
+        return ranked_by_optimizer(self.trials, self.direction)
 
     @cached_property
     def best_by_optimizer(self) -> dict[str, FrozenTrial]:
-        """The best complete trial of each optimizer type, best first."""
-        return best_by_optimizer(self.complete, self.direction)
+        """The search trial of each optimizer type's best configuration, best first."""
+        return {name: config.trial for name, config in self.ranked_by_optimizer.items()}
 
     @cached_property
     def optimizers(self) -> list[str]:
