@@ -70,7 +70,7 @@ def test_the_top_configurations_are_retrained_on_fresh_seeds_outside_the_budget(
     assert studies.claim_trial(study, spec) is None
 
     best = tuner.best_config(study_name, storage=storage_url)
-    ranked = rank_configurations(study)
+    ranked = rank_configurations(study.trials, study.direction)
     means = {
         number: statistics.fmean(
             t.value for t in runs if t.user_attrs[CONFIRMS] == number and t.value is not None
@@ -143,7 +143,9 @@ def test_rankings_use_the_mean_over_fresh_seeds(
     study = optuna.load_study(study_name=study_name, storage=confirmed_study)
     # Confirmed and held up, by mean; never confirmed; failed on a fresh seed. The copy
     # (value 0.01) and the lucky search value (0.05) never win.
-    assert [config.trial.number for config in rank_configurations(study)] == [1, 0, 2, 3]
+    assert [
+        config.trial.number for config in rank_configurations(study.trials, study.direction)
+    ] == [1, 0, 2, 3]
 
     best = tuner.best_config(study_name, storage=confirmed_study)
     assert (best.trial_number, best.optimizer, best.value) == (1, "adam", 0.20)

@@ -19,7 +19,7 @@ from tuner import warm_start
 from tuner.cli import main
 from tuner.errors import SpecError, StudyNotFoundError
 from tuner.execution.worker import run_worker
-from tuner.results import COPIED_FROM, best_by_optimizer
+from tuner.results import COPIED_FROM, ranked_by_optimizer
 from tuner.runner import create_study
 from tuner.spec import StudySpec, parse_spec
 from tuner.storage import open_storage
@@ -69,7 +69,7 @@ def test_the_best_configurations_run_first_and_agreeing_trials_are_copied(
     )
     study, [transfer] = create_study(spec, storage_url)
 
-    best = best_by_optimizer(source)
+    best = ranked_by_optimizer(source.trials, source.direction)
     inside = [
         config.trial
         for config in best.values()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from tuner.config import TrainingConfig
 from tuner.errors import EmptyStudyError
-from tuner.results import best_by_optimizer, open_study
+from tuner.results import open_study, ranked_by_optimizer
 
 if TYPE_CHECKING:
     import torch
@@ -83,7 +83,7 @@ def best_config(
         EmptyStudyError: no completed trial (of that optimizer type) yet.
     """
     loaded, _ = open_study(study, storage)
-    everything = best_by_optimizer(loaded)
+    everything = ranked_by_optimizer(loaded.get_trials(deepcopy=False), loaded.direction)
     best = everything
     if optimizer is not None:
         best = {optimizer: best[optimizer]} if optimizer in best else {}

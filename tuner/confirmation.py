@@ -68,8 +68,8 @@ def queue_runs(study: optuna.Study, spec: StudySpec) -> Queued:
     confirm = spec.budget.confirm
     if confirm is None:
         raise ValueError(f"study {spec.name!r} asks for no confirmation ([budget] confirm)")
-    top = rank_configurations(study)[: confirm.top]
     trials = study.get_trials(deepcopy=False)
+    top = rank_configurations(trials, study.direction)[: confirm.top]
     stale = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
     queued = 0
     for config in top:

@@ -181,8 +181,7 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
     best = winner.trial
     console.print(
         f"Best: trial {best.number}, {metric} = [bold green]{format_value(best.value)}[/] with "
-        f"[bold]{name}[/] ({describe_config(trial_config(best))}); {describe_ranked(winner)}",
-        soft_wrap=True,
+        f"[bold]{name}[/] ({describe_config(trial_config(best))}); {describe_ranked(winner)}"
     )
     # No vertical rules, and the three counts in one column: at 80 columns the configuration
     # keeps about half the width and wraps between its settings, never inside one.

@@ -34,7 +34,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import SpecError, StudyNotFoundError
-from tuner.results import COPIED_FROM, WARM_START, best_by_optimizer, is_search_trial
+from tuner.results import COPIED_FROM, WARM_START, is_search_trial, ranked_by_optimizer
 from tuner.space import sample_config
 from tuner.spec import StudySpec
 from tuner.storage import OUTSIDE_BUDGET_KEY
@@ -190,7 +190,8 @@ def _queue_best(
 ) -> None:
     """Queue the source's best configuration of each optimizer type that this space takes
     and that no other source queued (`seen`), while the trial budget has room."""
-    for config in best_by_optimizer(source.study).values():
+    study_trials = source.study.get_trials(deepcopy=False)
+    for config in ranked_by_optimizer(study_trials, source.study.direction).values():
         reason = misfit(config.trial, spec, exact=False)
         if reason is not None:
             transfer.reasons.append(f"best trial {config.trial.number}: {reason}")
