@@ -20,10 +20,11 @@ from tuner.config import TrainingConfig
 from tuner.display import describe_ranked
 from tuner.execution.worker import run_worker
 from tuner.report import write_report
-from tuner.results import CONFIRMS, COPIED_FROM, rank_configurations
+from tuner.results import CONFIRMS, COPIED_FROM, WARM_START, rank_configurations
 from tuner.runner import queued_only
 from tuner.spec import StudySpec, parse_spec
 from tuner.storage import open_storage
+from tuner.train import EpochResult, TrainingRecord, close_epoch
 
 
 def _spec(name: str, **budget: Any) -> StudySpec:
@@ -208,3 +209,25 @@ def test_a_malformed_confirm_flag_is_a_usage_error(
         main(["run", str(QUICKSTART), "--confirm", text])
     assert exit_info.value.code == 2
     assert "expected TOPxSEEDS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("marker", [None, CONFIRMS, WARM_START])
+def test_only_reevaluations_of_known_configurations_escape_the_pruner(
+    sqlite_url: str, marker: str | None
+) -> None:
+    """A pruner that stops every trial (any loss above 0) spares confirmation runs and a warm
+    start's queued best configurations: they are there to measure a final value."""
+    spec = _spec("pruning")
+    study = optuna.create_study(
+        study_name="pruning", storage=sqlite_url, pruner=optuna.pruners.ThresholdPruner(upper=0.0)
+    )
+    study.enqueue_trial({}, user_attrs={marker: 0} if marker else None)
+    trial = study.ask()
+    result = EpochResult(
+        train_loss=1.0, parameter_norm=1.0, metrics={"loss": 1.0}, learning_rate=0.1
+    )
+    if marker is None:
+        with pytest.raises(optuna.TrialPruned):
+            close_epoch(trial, spec, TrainingRecord(), 1, result)
+    else:
+        assert close_epoch(trial, spec, TrainingRecord(), 1, result) == 1.0

@@ -3,7 +3,6 @@ configurations and agreeing trials, on real SQLite and PostgreSQL studies."""
 
 from __future__ import annotations
 
-import statistics
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from tuner import warm_start
 from tuner.cli import main
 from tuner.errors import SpecError, StudyNotFoundError
 from tuner.execution.worker import run_worker
-from tuner.results import COPIED_FROM, ranked_by_optimizer
+from tuner.results import COPIED_FROM, rank_configurations
 from tuner.runner import create_study
 from tuner.spec import StudySpec, parse_spec
 from tuner.storage import open_storage
@@ -69,12 +68,12 @@ def test_the_best_configurations_run_first_and_agreeing_trials_are_copied(
     )
     study, [transfer] = create_study(spec, storage_url)
 
-    best = ranked_by_optimizer(source.trials, source.direction)
+    ranked = rank_configurations(source.trials, source.direction)
     inside = [
         config.trial
-        for config in best.values()
+        for config in ranked
         if config.trial.params["optimizer"] != "sgd" or config.trial.params["learning_rate"] >= 1e-4
-    ]
+    ][: warm_start.BEST_QUEUED]
     assert transfer.queued == [trial.number for trial in inside]
     finished = [t for t in source.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     sgd = [t for t in finished if t.params["optimizer"] == "sgd"]
@@ -212,22 +211,3 @@ workers = 1
     assert all(t.state.is_finished() for t in study.trials)
     best = tuner.best_config("second", storage=sqlite_url)
     assert best.confirmed and best.seeds == 2
-
-
-def test_the_queued_best_configurations_are_never_pruned(
-    storage_url: str, earlier: StudySpec, later_name: str
-) -> None:
-    # The median pruner stops any trial below the median of its step (copies included).
-    pruner = {"name": "median", "n_startup_trials": 0, "n_warmup_steps": 0}
-    spec = _spec(later_name, warm=[earlier.name], pruner=pruner)
-    study, [transfer] = create_study(spec, storage_url)
-    run_worker(spec, storage_url)
-    trials = study.get_trials()
-    queued = [t for t in trials if "warm_start" in t.user_attrs]
-    copies = [t for t in trials if COPIED_FROM in t.user_attrs]
-    assert len(queued) == len(transfer.queued) == 3
-    median = statistics.median(t.intermediate_values[1] for t in copies)
-    # The test means something only if the pruner would have stopped one of them.
-    assert any(t.intermediate_values[1] > median for t in queued)
-    assert all(t.state is TrialState.COMPLETE for t in queued)
-    assert all(len(t.intermediate_values) == spec.budget.epochs for t in queued)

@@ -3,12 +3,12 @@
 ``[search] warm_start = ["study-a"]`` (or ``tuner run --warm-start study-a``) works once,
 when the study is created:
 
-1. Each earlier study's best configurations, one per optimizer type, ranked as
-   tuner.results ranks them (mean over fresh seeds where confirmed), are queued before
-   anything else, as Optuna's ``enqueue_trial`` queues them: the new study's first trials
-   re-train them here, on this study's seeds and within its budget, unpruned (see
-   tuner.results.is_reevaluation). One that this study's space cannot sample (an
-   optimizer it does not search, a value outside a range) is named and left out.
+1. Each earlier study's `BEST_QUEUED` best configurations that this study's space can
+   sample, ranked as tuner.results ranks them (mean over fresh seeds where confirmed), are
+   queued before anything else, as Optuna's ``enqueue_trial`` queues them: the new study's
+   first trials re-train them here, on this study's seeds and within its budget, unpruned
+   (see tuner.results.is_reevaluation). A better one this space cannot sample (an
+   optimizer it does not search, a value outside a range) is named and passed over.
 2. Each earlier study's finished search trials (COMPLETE and PRUNED) whose parameters this
    study's space samples with the very same distributions are copied in (Optuna's
    ``create_trial`` and ``add_trials``) with their values and per-epoch values, so that the
@@ -34,11 +34,17 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import SpecError, StudyNotFoundError
-from tuner.results import COPIED_FROM, WARM_START, is_search_trial, ranked_by_optimizer
+from tuner.results import COPIED_FROM, WARM_START, is_search_trial, rank_configurations
 from tuner.space import sample_config
 from tuner.spec import StudySpec
 from tuner.storage import OUTSIDE_BUDGET_KEY
 from tuner.storage_urls import mask_url
+
+#: Best configurations queued from each earlier study. The top few, not each optimizer's
+#: best: on the digits CNN (bench/warm_start.py) the best of the weaker optimizer types,
+#: re-trained in full, spent about 45 epochs a study before the search proper began, while
+#: the copied trials already teach the sampler where every optimizer type stands.
+BEST_QUEUED = 3
 
 
 @dataclass(frozen=True)
@@ -188,10 +194,12 @@ def _copy(trial: FrozenTrial, source: str) -> FrozenTrial:
 def _queue_best(
     study: optuna.Study, spec: StudySpec, source: Source, transfer: Transfer, seen: set[str]
 ) -> None:
-    """Queue the source's best configuration of each optimizer type that this space takes
-    and that no other source queued (`seen`), while the trial budget has room."""
-    study_trials = source.study.get_trials(deepcopy=False)
-    for config in ranked_by_optimizer(study_trials, source.study.direction).values():
+    """Queue the source's `BEST_QUEUED` best configurations that this space takes and that
+    no other source queued (`seen`), while the trial budget has room."""
+    ranked = rank_configurations(source.study.get_trials(deepcopy=False), source.study.direction)
+    for config in ranked:
+        if len(transfer.queued) == BEST_QUEUED:
+            break
         reason = misfit(config.trial, spec, exact=False)
         if reason is not None:
             transfer.reasons.append(f"best trial {config.trial.number}: {reason}")
