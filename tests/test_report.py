@@ -18,6 +18,7 @@ from tuner.cli import build_parser, main
 from tuner.errors import EmptyStudyError, StudyNotFoundError
 from tuner.execution.worker import run_worker
 from tuner.importance import MIN_TRIALS, ParameterImportances, parameter_importances
+from tuner.results import CONFIRMS
 from tuner.spec import parse_spec
 from tuner.storage import open_storage
 
@@ -310,3 +311,25 @@ def test_ped_anova_and_fanova_side_by_side_under_the_names_users_know(built: dic
     assert "<td>momentum</td>" in text and "<td>one_minus_momentum</td>" not in text
     assert text.count("sampled as `one_minus_&lt;name&gt;` = 1 − &lt;name&gt;") == 1
     assert "momentum are sampled" in text
+
+
+@pytest.mark.filterwarnings("ignore:PedAnovaImportanceEvaluator computes")
+def test_confirmation_runs_are_left_out_of_importances(built: dict) -> None:
+    study = built["studies"]["report-enough"]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    # Three re-runs of the best trial on other seeds, as confirmation records them.
+    best = min(complete, key=lambda trial: trial.value)
+    reruns = [
+        optuna.trial.create_trial(
+            params=best.params,
+            distributions=best.distributions,
+            value=best.value * (1 + 0.01 * seed),
+            user_attrs={**best.user_attrs, CONFIRMS: best.number},
+        )
+        for seed in range(3)
+    ]
+    with_reruns = parameter_importances([*study.trials, *reruns], study.direction, "loss")
+    alone = parameter_importances(study.trials, study.direction, "loss")
+    assert with_reruns.left_out == 3 and alone.left_out == 0
+    assert with_reruns.ped_anova == alone.ped_anova
+    assert with_reruns.overall == alone.overall

@@ -5,8 +5,10 @@ Two evaluators, because they answer different questions and users meet both:
 - **PED-ANOVA** (what optuna-dashboard shows): which parameters set the top 10 % of trials
   apart from the rest. Computed here exactly as optuna-dashboard 0.21 computes it
   (``PedAnovaImportanceEvaluator()`` at its defaults over the COMPLETE trials, lower is better),
-  so the report and the dashboard show the same numbers. Optuna 5's PED-ANOVA is conditional:
-  a parameter whose range differs per optimizer (``learning_rate``) is scored within each range.
+  so the report and the dashboard show the same numbers, except that the report leaves out
+  confirmation runs and warm-start copies (the dashboard cannot), and says so. Optuna 5's
+  PED-ANOVA is conditional: a parameter whose range differs per optimizer is scored within
+  each range.
 - **fANOVA**: the share of the metric's variance each parameter explains, over the trials
   that have it (see `_fanova_group` for why we build its input ourselves).
 
@@ -35,7 +37,7 @@ from optuna.distributions import (
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner.results import trial_optimizer
+from tuner.results import is_search_trial, trial_optimizer
 
 #: The fewest complete trials over which an importance is shown (see the module docstring).
 MIN_TRIALS = 20
@@ -94,7 +96,7 @@ class ParameterImportances:
     """Importances of a study's parameters by both evaluators, or why there are none.
 
     Attributes:
-        ped_anova: PED-ANOVA over all complete trials, as optuna-dashboard computes it
+        ped_anova: PED-ANOVA over the search's complete trials, as optuna-dashboard computes it
             (parameter → importance, largest first); empty when withheld.
         overall: fANOVA over the parameters every complete trial has (``optimizer``,
             ``learning_rate``, ``schedule``, ...) and all complete trials; None when it could
@@ -106,6 +108,8 @@ class ParameterImportances:
         target: what fANOVA explained: the metric, or ``log10(metric)`` for a positive metric
             spanning decades (a landscape's loss).
         withheld: why no importance is shown at all (too few complete trials), else None.
+        left_out: complete trials that are no part of the search (confirmation runs, copies
+            of earlier studies' trials), left out here; optuna-dashboard counts them.
     """
 
     ped_anova: dict[str, float]
@@ -114,6 +118,7 @@ class ParameterImportances:
     skipped: dict[str, str]
     target: str
     withheld: str | None = None
+    left_out: int = 0
 
 
 def ped_anova(complete: Sequence[FrozenTrial], direction: StudyDirection) -> dict[str, float]:
@@ -270,7 +275,8 @@ def parameter_importances(
 ) -> ParameterImportances:
     """PED-ANOVA and fANOVA importances over the conditional search space.
 
-    PED-ANOVA runs over all complete trials (it handles conditional parameters itself). For
+    Only the search's complete trials count (not confirmation runs or copies of other studies'
+    trials). PED-ANOVA runs over all of them (it handles conditional parameters itself). For
     fANOVA, the parameters every complete trial has (``optimizer``, ``learning_rate`` and the
     other shared choices) are evaluated over all complete trials; each conditional parameter
     over only the trials that have it (``one_minus_momentum`` over the momentum and Nesterov
@@ -279,14 +285,18 @@ def parameter_importances(
     one value only, is skipped with the reason, never an error. Fewer than `min_trials`
     complete trials: nothing is evaluated, and `withheld` says why.
     """
-    complete = finished(trials)
+    every = finished(trials)
+    # Confirmation runs repeat the top configurations and copies come from other studies:
+    # counted, they would credit whatever the winners share (tuner.results.is_search_trial).
+    complete = [trial for trial in every if is_search_trial(trial)]
+    left_out = len(every) - len(complete)
     values = [t.value for t in complete]
     log_target = spans_decades(values)
     target: Callable[[float], float] = math.log10 if log_target else float
     target_name = f"log10({metric})" if log_target else metric
     reason = withheld(len(complete), min_trials)
     if reason is not None:
-        return ParameterImportances({}, None, {}, {}, target_name, withheld=reason)
+        return ParameterImportances({}, None, {}, {}, target_name, reason, left_out)
     skipped: dict[str, str] = {}
     names = sorted({name for t in complete for name in t.params})
     shared = [name for name in names if all(name in t.params for t in complete)]
@@ -327,4 +337,5 @@ def parameter_importances(
         conditional=conditional,
         skipped={name: reason for name, reason in skipped.items() if name not in conditional},
         target=target_name,
+        left_out=left_out,
     )

@@ -164,6 +164,12 @@ def _importances(found: ParameterImportances) -> list[str]:
         "parameter explains, within each set of trials (learning rate and optimizer over all "
         "complete trials; each conditional knob over the trials that have it).</p>"
     ]
+    if found.left_out:
+        parts.append(
+            f"<p>Over the search's trials only: {found.left_out} confirmation runs and copies "
+            "of earlier studies' trials are left out, which optuna-dashboard's chart counts, "
+            "so its numbers differ here.</p>"
+        )
     groups = ([found.overall] if found.overall else []) + list(
         {id(g): g for g in found.conditional.values()}.values()
     )
