@@ -11,9 +11,10 @@ does counts as a miss. Both studies of a seed run in this one process, one after
     nice -n 10 python bench/warm_start.py [--seeds 5] [--trials 40] [--epochs 15]
         [--target 0.9777 --target 0.9833] [--confirm 3x3] [--storage URL]
 
-With --confirm, the first study's winners are re-trained on fresh seeds after its search
-(``[budget] confirm``), so the second starts from configurations ranked by their mean; the
-confirmation runs come after the first study's search and do not change its epochs to target.
+With --confirm, the first study's winners are then re-trained on fresh seeds (``[budget]
+confirm``) and a third study, seeded like the second, starts from them ranked by their mean:
+the two warm starts are compared from the same first study. The confirmation runs come after
+the first study's search and do not change its epochs to target.
 
 The default workload is SimpleCNN on scikit-learn's 8×8 digits (359 validation images, so
 0.9833 is 353 right), six optimizers at their default ranges: the setting of ANCHORS.md.
@@ -73,20 +74,26 @@ def epochs_to_target(study: optuna.Study, metric: str, target: float) -> int | N
 
 
 def run_study(spec: Any, url: str) -> tuple[optuna.Study, float]:
-    """Create (warm-started where the spec says) and run one study with one worker."""
-    from tuner import confirmation
+    """Create (warm-started where the spec says) and run one study's search, one worker."""
     from tuner.execution.worker import run_worker
-    from tuner.runner import create_study, queued_only
+    from tuner.runner import create_study
 
     started = time.perf_counter()
     study, transfers = create_study(spec, url)
     for transfer in transfers:
         print(f"  {transfer.describe()}")
     run_worker(spec, url, threads=1)
-    if spec.budget.confirm:  # as tuner.runner.run does after the search
-        print(f"  {confirmation.queue_runs(study, spec).describe(spec.budget.confirm.seeds)}")
-        run_worker(queued_only(study, spec), url, threads=1)
     return study, time.perf_counter() - started
+
+
+def confirm_study(study: optuna.Study, spec: Any, url: str) -> None:
+    """Confirm a searched study's winners, as tuner.runner.run does after the search."""
+    from tuner import confirmation
+    from tuner.execution.worker import run_worker
+    from tuner.runner import queued_only
+
+    print(f"  {confirmation.queue_runs(study, spec).describe(spec.budget.confirm.seeds)}")
+    run_worker(queued_only(study, spec), url, threads=1)
 
 
 def _median(values: list[int | None]) -> float | None:
@@ -113,36 +120,45 @@ def main() -> None:
     parser.add_argument(
         "--confirm",
         metavar="TOPxSEEDS",
-        help="confirm the first study's winners (e.g. 3x3) before the second starts from them",
+        help="then confirm the first study's winners (e.g. 3x3) and warm-start a third from them",
     )
     parser.add_argument("--storage", help="a database URL (default: a temporary SQLite file)")
     args = parser.parse_args()
     targets = args.target or [0.9777, 0.9833]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = args.storage or f"sqlite:///{tempfile.mkdtemp()}/warm_start.db"
-    cold: dict[float, list[int | None]] = {target: [] for target in targets}
-    warm: dict[float, list[int | None]] = {target: [] for target in targets}
+    # One column of epochs to target per study kind, per target.
+    kinds = ["cold", "warm"] + (["warm, first confirmed"] if args.confirm else [])
+    spent = {kind: {target: [] for target in targets} for kind in kinds}
+
+    def measure(kind: str, study: optuna.Study, seconds: float) -> None:
+        for target in targets:
+            spent[kind][target].append(epochs_to_target(study, first.metric, target))
+        found = [spent[kind][target][-1] for target in targets]
+        print(f"seed {seed}: {kind} study {found} epochs ({seconds:.0f} s)")
+
     for seed in range(args.seeds):
         first = bench_spec(f"cold-{seed}", seed, args.trials, args.epochs, [], args.confirm)
         study, seconds = run_study(first, url)
-        for target in targets:
-            cold[target].append(epochs_to_target(study, first.metric, target))
-        print(f"seed {seed}: cold study {[cold[t][-1] for t in targets]} epochs ({seconds:.0f} s)")
+        measure("cold", study, seconds)
         second = bench_spec(f"warm-{seed}", seed + 1000, args.trials, args.epochs, [first.name])
-        study, seconds = run_study(second, url)
-        for target in targets:
-            warm[target].append(epochs_to_target(study, second.metric, target))
-        print(f"seed {seed}: warm study {[warm[t][-1] for t in targets]} epochs ({seconds:.0f} s)")
-    print(f"\n{args.trials} trials x {args.epochs} epochs, {args.seeds} seeds, first study")
-    print(f"confirmed {args.confirm or 'no'}; epochs to target, a miss counted as never:")
+        measure("warm", *run_study(second, url))
+        if args.confirm:  # the same first study, its winners now ranked by their mean
+            confirm_study(study, first, url)
+            third = bench_spec(
+                f"warm-confirmed-{seed}", seed + 1000, args.trials, args.epochs, [first.name]
+            )
+            measure("warm, first confirmed", *run_study(third, url))
+    print(f"\n{args.trials} trials x {args.epochs} epochs, {args.seeds} seeds")
+    print("epochs to target (median, a miss counted as never; hits; each seed):")
     for target in targets:
-        cold_median, warm_median = _median(cold[target]), _median(warm[target])
-        ratio = f"{cold_median / warm_median:.1f}x" if cold_median and warm_median else "n/a"
-        print(
-            f"{first.metric} >= {target}: cold median {cold_median} ({_hits(cold[target])} hit) "
-            f"{cold[target]}; warm median {warm_median} ({_hits(warm[target])} hit) "
-            f"{warm[target]}; cold/warm {ratio}"
-        )
+        cold = _median(spent["cold"][target])
+        print(f"{first.metric} >= {target}:")
+        for kind in kinds:
+            values = spent[kind][target]
+            median = _median(values)
+            ratio = f", cold/this {cold / median:.1f}x" if cold and median else ""
+            print(f"  {kind}: {median} ({_hits(values)} hit) {values}{ratio}")
 
 
 if __name__ == "__main__":

@@ -231,3 +231,17 @@ def test_only_reevaluations_of_known_configurations_escape_the_pruner(
             close_epoch(trial, spec, TrainingRecord(), 1, result)
     else:
         assert close_epoch(trial, spec, TrainingRecord(), 1, result) == 1.0
+
+
+def test_confirming_a_study_with_fewer_completed_trials_than_asked_says_so(
+    sqlite_url: str,
+) -> None:
+    spec = _spec("short", confirm={"top": 3, "seeds": 2})
+    study = optuna.create_study(study_name="short", storage=sqlite_url)
+    study.add_trial(_trial(None, state=TrialState.FAIL, fail_reason="diverged in epoch 1"))
+    nothing = confirmation.queue_runs(study, spec)
+    assert nothing.runs == 0 and nothing.describe(2).startswith("Nothing to confirm")
+    study.add_trial(_trial(0.4))
+    one = confirmation.queue_runs(study, spec)
+    assert (one.trials, one.runs) == ((1,), 2)
+    assert "confirm asked for 3, but only 1 trials completed" in one.describe(2)

@@ -47,6 +47,8 @@ class Queued:
 
     def describe(self, seeds: int) -> str:
         """One line for the terminal."""
+        if not self.trials:
+            return "Nothing to confirm: no trial of the search completed"
         which = ", ".join(str(number) for number in self.trials)
         line = (
             f"Confirming the top {len(self.trials)} configurations (trials {which}) on {seeds} "
