@@ -244,4 +244,4 @@ def test_confirming_a_study_with_fewer_completed_trials_than_asked_says_so(
     study.add_trial(_trial(0.4))
     one = confirmation.queue_runs(study, spec)
     assert (one.trials, one.runs) == ((1,), 2)
-    assert "confirm asked for 3, but only 1 trials completed" in one.describe(2)
+    assert "confirm asked for 3, but only 1 trial completed" in one.describe(2)

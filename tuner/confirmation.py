@@ -56,7 +56,8 @@ class Queued:
         )
         if len(self.trials) < self.asked:
             line += (
-                f" (confirm asked for {self.asked}, but only {len(self.trials)} trials completed)"
+                f" (confirm asked for {self.asked}, but only {len(self.trials)} "
+                f"trial{'s' if len(self.trials) != 1 else ''} completed)"
             )
         return line
 
