@@ -78,8 +78,11 @@ class Transfer:
 
 
 def _workload_text(workload: dict[str, Any]) -> str:
+    """A recorded ``[workload]`` as the user wrote it: its name (or command) and options;
+    where the study file was (``search_path``) is no part of what it trains."""
+    what = workload.get("name") or " ".join(workload.get("command") or [])
     options = workload.get("options") or {}
-    return workload["name"] + (f" {options}" if options else "")
+    return what + (f" {options}" if options else "")
 
 
 def check_sources(spec: StudySpec, storage: optuna.storages.BaseStorage, url: str) -> list[Source]:
