@@ -45,8 +45,10 @@ def import_user(target: str, folders: Sequence[str]) -> Any:
     if not module_name or not attribute:
         raise ValueError(f"{target!r} is not of the form 'module:function' (e.g. 'train:train')")
     for folder in reversed(folders):
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
+        if folder in sys.path:
+            sys.path.remove(folder)
+        sys.path.insert(0, folder)
+    _forget_other(module_name.partition(".")[0], folders)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -66,6 +68,29 @@ def import_user(target: str, folders: Sequence[str]) -> Any:
             f"cannot import {target!r}: module {module_name!r} ({module.__file__}) has no "
             f"{attribute!r}"
         ) from None
+
+
+def _forget_other(package: str, folders: Sequence[str]) -> None:
+    """Drop an imported module of this name that came from elsewhere than the first of
+    `folders` holding one: a worker process that trained another study (a Ray worker is
+    reused; both studies may have a train.py) must import this study's module."""
+    wanted = next(
+        (
+            Path(folder)
+            for folder in folders
+            if (Path(folder) / f"{package}.py").exists() or (Path(folder) / package).is_dir()
+        ),
+        None,
+    )
+    loaded = sys.modules.get(package)
+    if wanted is None or loaded is None:
+        return
+    origin = getattr(loaded, "__file__", None)
+    if origin is not None and Path(origin).resolve().is_relative_to(wanted):
+        return
+    for name in [name for name in sys.modules if name == package or name.startswith(f"{package}.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()  # the finders' cached listings of those folders may be stale
 
 
 def kind(target: str, value: Any) -> Kind:

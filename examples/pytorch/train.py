@@ -1,0 +1,73 @@
+"""A plain PyTorch training script on scikit-learn's 8x8 digits, with a DataLoader.
+
+`tuner run examples/pytorch/study.toml` calls `train(trial)` for every trial; running this
+file afterwards trains the study's winner with `tuner.best_config()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import tuner
+from tuner.datasets import load_dataset
+
+
+def loaders(batch_size: int) -> tuple[DataLoader, DataLoader]:
+    digits = load_dataset("digits")  # ships with scikit-learn: no download
+    train_set = TensorDataset(
+        torch.from_numpy(digits.train_images).flatten(1), torch.from_numpy(digits.train_labels)
+    )
+    val_set = TensorDataset(
+        torch.from_numpy(digits.val_images).flatten(1), torch.from_numpy(digits.val_labels)
+    )
+    return DataLoader(train_set, batch_size, shuffle=True), DataLoader(val_set, batch_size=512)
+
+
+def fit(config, epochs: int, device: torch.device, report=None) -> float:
+    """Train an MLP with `config`'s optimizer and schedule; return the validation accuracy."""
+    train_loader, val_loader = loaders(config.batch_size)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+    ).to(device)
+    optimizer = config.build_optimizer(model.parameters())
+    scheduler = config.build_scheduler(optimizer, len(train_loader), epochs)
+    accuracy = 0.0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for images, labels in train_loader:
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(images.to(device)), labels.to(device))
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        model.eval()
+        with torch.no_grad():
+            correct = sum(
+                (model(images.to(device)).argmax(1) == labels.to(device)).sum().item()
+                for images, labels in val_loader
+            )
+        accuracy = correct / len(val_loader.dataset)
+        if report is not None:
+            report({"val_accuracy": accuracy, "train_loss": loss.item()}, epoch)
+    return accuracy
+
+
+def train(trial) -> None:
+    """One trial: what `[workload] name = "train:train"` names."""
+    fit(trial.config, trial.epochs, trial.device, trial.report)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Train with the study's best configuration.")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--storage", help="the study database (default: tuner's)")
+    args = parser.parse_args()
+    best = tuner.best_config("example-pytorch", storage=args.storage)
+    print(
+        f"best of the study: {best.optimizer}, lr {best.learning_rate:.3g}, batch {best.batch_size}"
+    )
+    accuracy = fit(best, args.epochs, torch.device("cpu"))
+    print(f"trained with the winner for {args.epochs} epochs: val_accuracy {accuracy:.3f}")
