@@ -2,12 +2,15 @@
 
 Each study compares Adam (a learning rate that trains) with SGD at 1e-7 (one that cannot)
 head to head (grid sampler): the median pruner stops the SGD trial after its first epoch,
-through the framework's own loop. Models are built from a config: nothing is downloaded.
+through the framework's own loop. Lightning trains the Lightning example (a CNN on digits);
+the Trainer a tiny BERT built from a config: nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from optuna.trial import TrialState
@@ -18,9 +21,10 @@ from tuner.spec import load_spec
 HEAD_TO_HEAD = """
     name = "{name}"
     metric = "{metric}"
-    direction = "minimize"
+    direction = "{direction}"
     [workload]
     name = "{module}:train"
+    search_path = {search_path}
     [search]
     optimizers = ["adam", "sgd"]
     weight_decay = "off"
@@ -38,60 +42,7 @@ HEAD_TO_HEAD = """
     n_warmup_steps = 0
     [budget]
     trials = 2
-    epochs = 3
-    """
-
-LIGHTNING_TRAIN = """
-    import lightning
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from tuner.integrations.lightning import TunerCallback, configure_optimizers, trainer_options
-
-
-    class Regressor(lightning.LightningModule):
-        def __init__(self, config):
-            super().__init__()
-            self.config = config
-            self.net = torch.nn.Sequential(
-                torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
-            )
-
-        def training_step(self, batch, index):
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.net(x).squeeze(1), y)
-            self.log("train_loss", loss, on_epoch=True, on_step=False)
-            return loss
-
-        def validation_step(self, batch, index):
-            x, y = batch
-            self.log("val_loss", torch.nn.functional.mse_loss(self.net(x).squeeze(1), y))
-
-        def configure_optimizers(self):
-            return configure_optimizers(self, self.config, monitor="val_loss")
-
-
-    def train(trial):
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(256, 3, generator=generator)
-        y = x @ torch.tensor([1.0, -2.0, 0.5])
-        batch = trial.config.batch_size
-        trainer = lightning.Trainer(
-            max_epochs=trial.epochs,
-            callbacks=[TunerCallback(trial)],
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            **trainer_options(trial.config),
-        )
-        trainer.fit(
-            Regressor(trial.config),
-            DataLoader(TensorDataset(x[:192], y[:192]), batch_size=batch, shuffle=True),
-            DataLoader(TensorDataset(x[192:], y[192:]), batch_size=64),
-        )
+    epochs = 2
     """
 
 TRANSFORMERS_TRAIN = """
@@ -146,11 +97,19 @@ TRANSFORMERS_TRAIN = """
     """
 
 
+LIGHTNING_EXAMPLE = Path(__file__).parent.parent / "examples" / "lightning"
+
+
 @pytest.mark.parametrize(
-    "code, metric, options",
+    "files, workload, metric, direction",
     [
-        (LIGHTNING_TRAIN, "val_loss", ""),
-        (TRANSFORMERS_TRAIN, "eval_loss", "[workload.options]\noutput_dir = '{folder}/out'\n"),
+        (
+            {},
+            {"module": "train", "search_path": [str(LIGHTNING_EXAMPLE)]},
+            "val_accuracy",
+            "maximize",
+        ),
+        ({"{module}.py": TRANSFORMERS_TRAIN}, {"search_path": []}, "eval_loss", "minimize"),
     ],
     ids=["lightning", "transformers"],
 )
@@ -158,26 +117,36 @@ def test_an_adapter_reports_each_epoch_and_stops_a_pruned_trial(
     tmp_path: Path,
     sqlite_url: str,
     monkeypatch: pytest.MonkeyPatch,
-    code: str,
+    files: dict[str, str],
+    workload: dict[str, Any],
     metric: str,
-    options: str,
+    direction: str,
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)  # whatever a framework writes lands here
-    module = unique("framework")
-    study = HEAD_TO_HEAD.format(name="adapter", metric=metric, module=module)
-    study += options.format(folder=tmp_path)
-    study_file = project(tmp_path / "project", {f"{module}.py": code}, study)
-    trained, pruned = run_here(load_spec(study_file), sqlite_url)
+    module = workload.get("module", unique("framework"))
+    study = HEAD_TO_HEAD.format(
+        name="adapter",
+        metric=metric,
+        direction=direction,
+        module=module,
+        search_path=json.dumps(workload["search_path"]),
+    )
+    study += f"[workload.options]\noutput_dir = '{tmp_path}/out'\n"
+    files = {name.format(module=module): text for name, text in files.items()}
+    trained, pruned = run_here(load_spec(project(tmp_path / "project", files, study)), sqlite_url)
 
     assert trained.state == TrialState.COMPLETE, trained.user_attrs.get("fail_reason")
     assert trained.params["optimizer"] == "adam"
-    assert sorted(trained.intermediate_values) == [1, 2, 3]
+    assert sorted(trained.intermediate_values) == [1, 2]
     assert (
-        trained.value == trained.intermediate_values[3] == trained.user_attrs["curve"][-1][metric]
+        trained.value == trained.intermediate_values[2] == trained.user_attrs["curve"][-1][metric]
     )
     assert pruned.params["optimizer"] == "sgd"
     assert pruned.state == TrialState.PRUNED, pruned.user_attrs.get("fail_reason")
     # Stopped after its first epoch, worse than the trained trial there.
     assert list(pruned.intermediate_values) == [1]
-    assert pruned.intermediate_values[1] > trained.intermediate_values[1]
+    better = (max if direction == "maximize" else min)(
+        pruned.intermediate_values[1], trained.intermediate_values[1]
+    )
+    assert better == trained.intermediate_values[1] != pruned.intermediate_values[1]

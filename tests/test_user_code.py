@@ -98,9 +98,10 @@ def trials_of(spec: StudySpec, url: str) -> list[FrozenTrial]:
 
 
 def run_here(spec: StudySpec, url: str) -> list[FrozenTrial]:
-    """Create the study and run one worker in this process until the budget is spent."""
+    """Create the study and run one worker in this process until the budget is spent, with
+    one torch thread (two threads per trial on a loaded 2-core machine are many times slower)."""
     studies.create_or_resume(spec, open_storage(url))
-    run_worker(spec, url)
+    run_worker(spec, url, threads=1)
     trials = trials_of(spec, url)
     assert all(trial.state.is_finished() for trial in trials), "a trial was left RUNNING"
     return trials
