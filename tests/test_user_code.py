@@ -24,6 +24,7 @@ from tests.test_faults import assert_finished_with_retries, wait_for
 from tuner import study as studies
 from tuner.cli import main
 from tuner.execution.worker import run_worker
+from tuner.note import study_note
 from tuner.runner import with_overrides
 from tuner.spec import StudySpec, load_spec
 from tuner.storage import open_storage
@@ -224,6 +225,7 @@ def test_a_failing_script_is_a_fail_with_its_stderr_and_keeps_its_output(
             sys.exit(3)
         """
     spec = script_spec(tmp_path, "failing-script", script, "[budget]\ntrials = 2\nepochs = 1\n")
+    assert "`python train.py`: a command run once per trial" in study_note(spec)
     ok, failed = run_here(spec, sqlite_url)
     assert ok.state == TrialState.COMPLETE and ok.value == 0.5
     assert failed.state == TrialState.FAIL
@@ -367,3 +369,23 @@ def test_ctrl_c_ends_a_script_trial_and_its_process_tree(
     (trial,) = trials_of(spec, sqlite_url)
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "interrupted: the worker was stopped"
+
+
+def test_a_function_study_resumes_from_another_folder_and_says_what_it_runs(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the study file was run from is no part of the search space: a second run from
+    elsewhere resumes the study (tops its budget up) instead of refusing it."""
+    module = unique("train")
+    study_file = project(
+        tmp_path / "project",
+        {f"{module}.py": TRAIN_FUNCTION},
+        function_study("resumed", module, "[budget]\ntrials = 1\nepochs = 1\n"),
+    )
+    monkeypatch.chdir(tmp_path)
+    run_here(load_spec(study_file), sqlite_url)
+    monkeypatch.chdir(tmp_path / "project")
+    spec = load_spec(study_file, ["budget.trials=2"])
+    trials = run_here(spec, sqlite_url)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert f"`{module}:train`: training code of your own" in study_note(spec)

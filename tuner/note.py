@@ -7,6 +7,7 @@ optuna-dashboard keeps a study's note, so the dashboard shows it (and a person m
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from typing import TYPE_CHECKING
 
@@ -59,8 +60,11 @@ def _workload_lines(spec: StudySpec) -> list[str]:
     from tuner.workloads import REGISTRY
 
     workload = REGISTRY.get(spec.workload.name)
-    if workload is None:
-        lines = [f"`{spec.workload.name}`: a workload of your own (a factory by import path)."]
+    if spec.workload.command:
+        lines = [f"`{shlex.join(spec.workload.command)}`: a command run once per trial."]
+        options = dict(spec.workload.options)
+    elif workload is None:
+        lines = [f"`{spec.workload.name}`: training code of your own, by import path."]
         options = dict(spec.workload.options)
     else:
         lines = [f"`{workload.name}`: {workload.description}."]
