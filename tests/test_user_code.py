@@ -340,9 +340,15 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_ctrl_c_ends_a_script_trial_and_its_process_tree(
-    tuner_process: Callable[..., subprocess.Popen], tmp_path: Path, sqlite_url: str
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_stopping_the_worker_ends_a_script_trial_and_its_process_tree(
+    tuner_process: Callable[..., subprocess.Popen],
+    tmp_path: Path,
+    sqlite_url: str,
+    stop: signal.Signals,
 ) -> None:
+    """Ctrl-C: the worker ends the script's process group and fails the trial. SIGKILL: the
+    worker cannot, and the guard it ran the script under ends the group instead."""
     script = """
         import os
         import subprocess
@@ -363,9 +369,11 @@ def test_ctrl_c_ends_a_script_trial_and_its_process_tree(
     wait_for(lambda: pids_file.exists() and pids_file.read_text(), 60, "the script to start")
     pids = [int(pid) for pid in pids_file.read_text().split()]
     assert all(_alive(pid) for pid in pids)
-    worker.send_signal(signal.SIGINT)
-    assert worker.wait(timeout=60) == 130
-    wait_for(lambda: not any(_alive(pid) for pid in pids), 10, "the script's processes to end")
+    worker.send_signal(stop)
+    assert worker.wait(timeout=60) == (130 if stop == signal.SIGINT else -signal.SIGKILL)
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 15, "the script's processes to end")
+    if stop == signal.SIGKILL:
+        return  # its trial goes stale and is retried, as test_faults shows
     (trial,) = trials_of(spec, sqlite_url)
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "interrupted: the worker was stopped"

@@ -9,9 +9,8 @@ heartbeats going meanwhile; when the script exits it reads back what the script 
 trial: a non-zero exit is a FAIL with the tail of stderr as its reason.
 
 The command runs in its own process group: Ctrl-C or a cancelled worker ends the script and
-every process it started. A SIGKILLed worker cannot clean up; on Linux the script gets the
-kernel's parent-death signal instead (prctl PR_SET_PDEATHSIG), set by a two-line launcher
-that then execs the command.
+every process it started. A SIGKILLed worker cannot clean up; on Linux the command runs under
+tuner.script_guard, which ends the group when the worker dies.
 """
 
 from __future__ import annotations
@@ -45,13 +44,6 @@ STOP_ATTRIBUTE = "script_stop"
 STDERR_TAIL_LINES = 20
 #: Seconds a script's processes get after SIGTERM before SIGKILL.
 TERMINATE_GRACE_SECONDS = 5.0
-
-# Runs before the command (then becomes it): die with the worker even when the worker is
-# SIGKILLed; the parent-death signal survives exec. Linux only; elsewhere the command runs bare.
-_LAUNCHER = (
-    "import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGKILL); "
-    "os.getppid() == int(sys.argv[1]) or sys.exit(137); os.execvp(sys.argv[2], sys.argv[2:])"
-)
 
 
 class ScriptFailed(Exception):
@@ -135,8 +127,8 @@ def run_script(spec: StudySpec, storage_url: str, trial: Trial) -> float:
     }
     env = {**os.environ, TRIAL_VARIABLE: json.dumps(handed)}
     argv = interpreted(command)
-    if sys.platform.startswith("linux"):
-        argv = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *argv]
+    if sys.platform.startswith("linux"):  # the guard needs Linux's parent-death signal
+        argv = [sys.executable, "-m", "tuner.script_guard", str(os.getpid()), *argv]
     with tempfile.TemporaryDirectory(prefix="tuner-script-") as tmp:
         stdout_path = Path(tmp) / f"trial_{trial.number}_stdout.txt"
         stderr_path = Path(tmp) / f"trial_{trial.number}_stderr.txt"
