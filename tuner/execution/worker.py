@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, Protocol
 
 import optuna
@@ -114,7 +115,7 @@ class _Slot:
 
 
 #: Trains one trial with the user's own loop (a training function or a command) to its end.
-UserLoop = Callable[[optuna.Trial, "_Slot", torch.device], float]
+UserLoop = Callable[[Trial], float]
 
 
 def user_loop(spec: StudySpec, storage_url: str) -> UserLoop | None:
@@ -122,15 +123,9 @@ def user_loop(spec: StudySpec, storage_url: str) -> UserLoop | None:
     if spec.workload.command:
         from tuner.script import run_script
 
-        return lambda trial, slot, device: run_script(
-            spec, storage_url, Trial(trial, spec, slot.config, slot.seed, device, slot.record)
-        )
+        return partial(run_script, spec, storage_url)
     function = training_function(spec.workload)
-    if function is None:
-        return None
-    return lambda trial, slot, device: run_function(
-        function, Trial(trial, spec, slot.config, slot.seed, device, slot.record)
-    )
+    return None if function is None else partial(run_function, function)
 
 
 class _Group(Protocol):
@@ -223,8 +218,8 @@ class _Running:
             self._end(trial.number, state, None, reason)
         elif self.user_loop is not None:
             # The user's code owns its loop: the trial trains to its end here, heartbeats on.
-            user_loop = self.user_loop
-            state, value, reason = settle(lambda: user_loop(slot.trial, slot, self.device))
+            handle = Trial(trial, self.spec, slot.config, slot.seed, self.device, slot.record)
+            state, value, reason = settle(partial(self.user_loop, handle))
             self._end(trial.number, state, value, reason)
 
     def step(self) -> None:
