@@ -1,14 +1,21 @@
-"""Shared fixtures: an isolated home per test, real SQLite and PostgreSQL storages, real Ray."""
+"""Shared fixtures: an isolated home per test, the spec factory, real SQLite and PostgreSQL
+storages, real Ray."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import pytest
+
+from tests.specs import build_spec
+
+if TYPE_CHECKING:
+    from tuner.spec import StudySpec
 
 POSTGRES_URL = os.environ.get(
     "TUNER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -48,6 +55,13 @@ def postgres_url() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return POSTGRES_URL
+
+
+@pytest.fixture
+def make_spec() -> Callable[..., StudySpec]:
+    """The spec factory: `tests.specs.build_spec`, a small Rosenbrock study with the sections
+    a test names laid over it (``make_spec(name=..., budget={"trials": 9})``)."""
+    return build_spec
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import optuna
 import pytest
 import torch
@@ -12,24 +14,22 @@ from tuner.errors import EmptyStudyError, StudyNotFoundError
 from tuner.execution.worker import run_worker
 from tuner.optimizers import import_target
 from tuner.schedules import WARMUP_START_FACTOR
-from tuner.spec import parse_spec
+from tuner.spec import StudySpec
 from tuner.storage import open_storage
 
 
 @pytest.fixture
-def finished_study(sqlite_url: str) -> str:
-    spec = parse_spec(
-        {
-            "name": "regression",
-            "workload": {"name": "linear_regression", "options": {"samples": 200}},
-            "search": {
-                "optimizers": ["momentum", "adamw"],
-                "schedules": ["constant", "warmup_cosine"],
-                "batch_sizes": [16, 32],
-            },
-            "budget": {"trials": 10, "epochs": 2},
-            "pruner": {"name": "none"},
-        }
+def finished_study(sqlite_url: str, make_spec: Callable[..., StudySpec]) -> str:
+    spec = make_spec(
+        name="regression",
+        workload={"name": "linear_regression", "options": {"samples": 200}},
+        search={
+            "optimizers": ["momentum", "adamw"],
+            "schedules": ["constant", "warmup_cosine"],
+            "batch_sizes": [16, 32],
+        },
+        budget={"trials": 10, "epochs": 2},
+        pruner={"name": "none"},
     )
     studies.create_or_resume(spec, open_storage(sqlite_url))
     run_worker(spec, sqlite_url)

@@ -10,34 +10,35 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.specs import build_spec
 from tuner import study as studies
 from tuner.cli import main
 from tuner.execution.worker import run_worker, trials_per_worker
-from tuner.spec import StudySpec, parse_spec
+from tuner.spec import StudySpec
 from tuner.storage import open_storage
 
 QUICKSTART = Path(__file__).parent.parent / "studies" / "quickstart.toml"
 
 
+REGRESSION = {
+    "workload": {"name": "mlp_regression", "options": {"samples": 250}},
+    "search": {
+        "optimizers": ["adam", "momentum", "lion", "radam"],
+        "weight_decay": "off",
+        "batch_sizes": [32],
+    },
+    "optimizers": {},
+    # grid: each optimizer in turn, so every run has stacks and a fallback (radam).
+    "sampler": {"name": "grid"},
+    "pruner": {"name": "none"},
+    "budget": {"trials": 8, "epochs": 3},
+}
+
+
 def regression_spec(name: str, batch: int, **sections: Any) -> StudySpec:
-    data: dict[str, Any] = {
-        "name": name,
-        "workload": {"name": "mlp_regression", "options": {"samples": 250}},
-        "search": {
-            "optimizers": ["adam", "momentum", "lion", "radam"],
-            "weight_decay": "off",
-            "batch_sizes": [32],
-        },
-        "optimizers": {},
-        # grid: each optimizer in turn, so every run has stacks and a fallback (radam).
-        "sampler": {"name": "grid"},
-        "pruner": {"name": "none"},
-        "budget": {"trials": 8, "epochs": 3},
-        "execution": {"trials_per_worker": batch},
-    }
-    for section, values in sections.items():
-        data[section] = {**data[section], **values}
-    return parse_spec(data)
+    return build_spec(
+        REGRESSION, {"execution": {"trials_per_worker": batch}}, name=name, **sections
+    )
 
 
 def run_study(spec: StudySpec, url: str, enqueued: list[dict[str, Any]] = ()) -> optuna.Study:

@@ -13,6 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
 import tuner
+from tests.specs import build_spec
 from tuner import confirmation
 from tuner import study as studies
 from tuner.cli import main
@@ -22,22 +23,20 @@ from tuner.execution.worker import run_worker
 from tuner.report import write_report
 from tuner.results import CONFIRMS, COPIED_FROM, WARM_START, rank_configurations
 from tuner.runner import queued_only
-from tuner.spec import StudySpec, parse_spec
+from tuner.spec import StudySpec
 from tuner.storage import open_storage
 from tuner.train import EpochResult, TrainingRecord, close_epoch
 
 
 def _spec(name: str, **budget: Any) -> StudySpec:
     """A noisy double well: the trial's seed drives the gradient noise, so seeds differ."""
-    return parse_spec(
-        {
-            "name": name,
-            "workload": {"name": "double_well", "options": {"steps_per_epoch": 20, "noise": 1.0}},
-            "search": {"optimizers": ["sgd", "momentum", "adam"], "weight_decay": "off"},
-            "budget": {"trials": 8, "epochs": 3, **budget},
-            # Stops any trial below the median at any epoch: confirmation runs must be spared.
-            "pruner": {"name": "median", "n_startup_trials": 0, "n_warmup_steps": 0},
-        }
+    return build_spec(
+        name=name,
+        workload={"name": "double_well", "options": {"steps_per_epoch": 20, "noise": 1.0}},
+        search={"optimizers": ["sgd", "momentum", "adam"], "weight_decay": "off"},
+        budget={"trials": 8, "epochs": 3, **budget},
+        # Stops any trial below the median at any epoch: confirmation runs must be spared.
+        pruner={"name": "median", "n_startup_trials": 0, "n_warmup_steps": 0},
     )
 
 

@@ -18,8 +18,9 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from tests.specs import build_spec
 from tuner import study as studies
-from tuner.spec import StudySpec, parse_spec
+from tuner.spec import StudySpec
 from tuner.storage import open_storage
 
 ROOT = Path(__file__).parent.parent
@@ -29,16 +30,14 @@ FAST_HEARTBEAT = {"heartbeat_seconds": 1, "grace_seconds": 3}
 
 def slow_spec(name: str, trials: int, epochs: int = 20, **execution: Any) -> StudySpec:
     """Rosenbrock trials of about a second each, with pruning off so none ends early."""
-    return parse_spec(
-        {
-            "name": name,
-            "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": 200}},
-            "search": {"optimizers": ["adam", "momentum"], "weight_decay": "off"},
-            "optimizers": {"momentum": {"learning_rate": [1e-5, 1e-3]}},
-            "budget": {"trials": trials, "epochs": epochs},
-            "pruner": {"name": "none"},
-            "execution": {**FAST_HEARTBEAT, **execution},
-        }
+    return build_spec(
+        name=name,
+        workload={"name": "rosenbrock", "options": {"steps_per_epoch": 200}},
+        search={"optimizers": ["adam", "momentum"], "weight_decay": "off"},
+        optimizers={"momentum": {"learning_rate": [1e-5, 1e-3]}},
+        budget={"trials": trials, "epochs": epochs},
+        pruner={"name": "none"},
+        execution={**FAST_HEARTBEAT, **execution},
     )
 
 
@@ -195,15 +194,13 @@ def test_sixteen_workers_spend_a_thousand_trial_budget_exactly(
     tuner_process: Callable[..., subprocess.Popen], postgres_url: str
 ) -> None:
     name = f"test-{uuid.uuid4().hex[:10]}"
-    spec = parse_spec(
-        {
-            "name": name,
-            "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": 1}},
-            "search": {"optimizers": ["sgd", "adam"], "weight_decay": "off"},
-            "budget": {"trials": 1000, "epochs": 1},
-            "sampler": {"name": "random"},
-            "pruner": {"name": "none"},
-        }
+    spec = build_spec(
+        name=name,
+        workload={"name": "rosenbrock", "options": {"steps_per_epoch": 1}},
+        search={"optimizers": ["sgd", "adam"], "weight_decay": "off"},
+        budget={"trials": 1000, "epochs": 1},
+        sampler={"name": "random"},
+        pruner={"name": "none"},
     )
     studies.create_or_resume(spec, open_storage(postgres_url))
     try:
@@ -323,15 +320,13 @@ def test_losing_a_ray_node_fails_its_trial_and_the_study_finishes(postgres_url: 
 
 def stacked_spec(name: str, trials: int) -> StudySpec:
     """Regression trials of several seconds each that stack (Adam), pruning off."""
-    return parse_spec(
-        {
-            "name": name,
-            "workload": {"name": "mlp_regression", "options": {"samples": 5_000}},
-            "search": {"optimizers": ["adam"], "weight_decay": "off", "batch_sizes": [32]},
-            "budget": {"trials": trials, "epochs": 12},
-            "pruner": {"name": "none"},
-            "execution": {**FAST_HEARTBEAT, "trials_per_worker": 3},
-        }
+    return build_spec(
+        name=name,
+        workload={"name": "mlp_regression", "options": {"samples": 5_000}},
+        search={"optimizers": ["adam"], "weight_decay": "off", "batch_sizes": [32]},
+        budget={"trials": trials, "epochs": 12},
+        pruner={"name": "none"},
+        execution={**FAST_HEARTBEAT, "trials_per_worker": 3},
     )
 
 

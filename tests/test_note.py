@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+from tests.specs import build_spec
 from tuner.datasets import DATASETS
 from tuner.importance import MIN_TRIALS
 from tuner.note import study_note
 from tuner.schedules import SCHEDULES
 from tuner.space import LOOKAHEAD_ALPHA, LOOKAHEAD_K
-from tuner.spec import StudySpec, parse_spec
+from tuner.spec import StudySpec
 
 
 def cnn_spec(dataset: str, **search: object) -> StudySpec:
-    return parse_spec(
-        {
-            "name": "noted",
-            "workload": {"name": "cnn", "options": {"dataset": dataset}},
-            "search": {"optimizers": ["adam", "momentum"], **search},
-            "budget": {"trials": 4, "epochs": 1},
-        }
+    return build_spec(
+        name="noted",
+        workload={"name": "cnn", "options": {"dataset": dataset}},
+        search={"optimizers": ["adam", "momentum"], **search},
+        budget={"trials": 4, "epochs": 1},
     )
 
 

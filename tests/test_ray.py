@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import optuna
 import pytest
@@ -10,23 +11,21 @@ from optuna.trial import TrialState
 
 import tuner
 from tuner.runner import with_overrides
-from tuner.spec import parse_spec
+from tuner.spec import StudySpec
 from tuner.storage import open_storage
 
 pytestmark = pytest.mark.ray
 
 
 def test_run_spends_the_budget_with_ray_workers(
-    local_ray: None, storage_url: str, study_name: str
+    local_ray: None, storage_url: str, study_name: str, make_spec: Callable[..., StudySpec]
 ) -> None:
-    spec = parse_spec(
-        {
-            "name": study_name,
-            "workload": {"name": "double_well", "options": {"steps_per_epoch": 20, "noise": 1.0}},
-            "search": {"optimizers": ["sgd", "momentum", "adam"], "weight_decay": "off"},
-            "budget": {"trials": 20, "epochs": 3},
-            "execution": {"workers": 2, "gpus_per_trial": "auto"},
-        }
+    spec = make_spec(
+        name=study_name,
+        workload={"name": "double_well", "options": {"steps_per_epoch": 20, "noise": 1.0}},
+        search={"optimizers": ["sgd", "momentum", "adam"], "weight_decay": "off"},
+        budget={"trials": 20, "epochs": 3},
+        execution={"workers": 2, "gpus_per_trial": "auto"},
     )
     ticks: list[int] = []
     study = tuner.run(
@@ -41,7 +40,9 @@ def test_run_spends_the_budget_with_ray_workers(
     assert ticks, "the progress callback was never called"
 
 
-def test_a_worker_uses_the_cpus_it_holds_at_niceness_0(local_ray: None, sqlite_url: str) -> None:
+def test_a_worker_uses_the_cpus_it_holds_at_niceness_0(
+    local_ray: None, sqlite_url: str, make_spec: Callable[..., StudySpec]
+) -> None:
     """One worker on this machine trains with a thread per CPU it may use (none left idle),
     and Ray's default niceness (15) is not applied to it."""
     import ray
@@ -49,16 +50,14 @@ def test_a_worker_uses_the_cpus_it_holds_at_niceness_0(local_ray: None, sqlite_u
     from tuner.execution.ray import usable_cpus
 
     ray.shutdown()  # the shared instance was started without tuner's settings
-    spec = parse_spec(
-        {
-            "name": "probe",
-            "metric": "loss",
-            "direction": "minimize",
-            "workload": {"name": "tests.workloads:process_probe"},
-            "search": {"optimizers": ["sgd"], "weight_decay": "off"},
-            "budget": {"trials": 1, "epochs": 1},
-            "execution": {"workers": 1, "storage": sqlite_url},
-        }
+    spec = make_spec(
+        name="probe",
+        metric="loss",
+        direction="minimize",
+        workload={"name": "tests.workloads:process_probe"},
+        search={"optimizers": ["sgd"], "weight_decay": "off"},
+        budget={"trials": 1, "epochs": 1},
+        execution={"workers": 1, "storage": sqlite_url},
     )
     try:
         tuner.run(spec)

@@ -12,6 +12,7 @@ import pytest
 from matplotlib import image as mpimg
 from optuna.trial import TrialState
 
+from tests.specs import build_spec
 from tuner import report
 from tuner import study as studies
 from tuner.cli import build_parser, main
@@ -19,7 +20,6 @@ from tuner.errors import EmptyStudyError, StudyNotFoundError
 from tuner.execution.worker import run_worker
 from tuner.importance import MIN_TRIALS, ParameterImportances, parameter_importances
 from tuner.results import CONFIRMS
-from tuner.spec import parse_spec
 from tuner.storage import open_storage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -95,7 +95,7 @@ def _importances(study: optuna.Study, min_trials: int = 2) -> ParameterImportanc
 
 
 def _build(url: str, data: dict) -> optuna.Study:
-    spec = parse_spec(data)
+    spec = build_spec(data)
     studies.create_or_resume(spec, open_storage(url))
     run_worker(spec, url)
     return optuna.load_study(study_name=spec.name, storage=url)

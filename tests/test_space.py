@@ -15,10 +15,11 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FixedTrial, FrozenTrial
 
+from tests.specs import build_spec
 from tuner.config import TrainingConfig
 from tuner.optimizers import REGISTRY, Knob, OptimizerSpec
 from tuner.space import LOOKAHEAD_ALPHA, LOOKAHEAD_K, sample_config
-from tuner.spec import StudySpec, parse_spec
+from tuner.spec import StudySpec
 
 
 def make_spec(
@@ -28,14 +29,12 @@ def make_spec(
     **search: Any,
 ) -> StudySpec:
     options = {"steps_per_epoch": 10} if workload == "rosenbrock" else {"samples": 100}
-    return parse_spec(
-        {
-            "name": "space-test",
-            "workload": {"name": workload, "options": options},
-            "search": {"optimizers": optimizers, **search},
-            "optimizers": tables or {},
-            "budget": {"trials": 10, "epochs": 2},
-        }
+    return build_spec(
+        name="space-test",
+        workload={"name": workload, "options": options},
+        search={"optimizers": optimizers, **search},
+        optimizers=tables or {},
+        budget={"trials": 10, "epochs": 2},
     )
 
 

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import torch
 
+from tests.specs import build_spec
 from tuner.config import TrainingConfig
-from tuner.spec import StudySpec, parse_spec
+from tuner.spec import StudySpec
 from tuner.stacked import StackedTrials, can_stack, learning_rate_table
 from tuner.train import EXPLODED_NORM, TrialTraining
 from tuner.vectorized_optimizers import vectorized_settings
@@ -31,13 +32,11 @@ COMPARED_STEPS = 20
 
 
 def make_spec(workload: str, options: dict[str, Any]) -> StudySpec:
-    return parse_spec(
-        {
-            "name": "stacked-test",
-            "workload": {"name": workload, "options": options},
-            "search": {"optimizers": ["adam"]},
-            "budget": {"trials": 3, "epochs": EPOCHS},
-        }
+    return build_spec(
+        name="stacked-test",
+        workload={"name": workload, "options": options},
+        search={"optimizers": ["adam"]},
+        budget={"trials": 3, "epochs": EPOCHS},
     )
 
 
@@ -230,14 +229,7 @@ def test_plateau_rates_follow_the_metric_and_others_are_tabulated() -> None:
 
 def test_landscapes_do_not_stack() -> None:
     context = TrialContext(seed=0, device=CPU, batch_size=1)
-    spec = parse_spec(
-        {
-            "name": "l",
-            "workload": {"name": "rosenbrock"},
-            "search": {"optimizers": ["sgd"]},
-            "budget": {"trials": 1},
-        }
-    )
+    spec = build_spec(workload={"name": "rosenbrock"}, search={"optimizers": ["sgd"]})
     assert not can_stack(build_trainable(spec.workload, context))
     assert can_stack(build_trainable(make_spec(*REGRESSION).workload, context))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from optuna.trial import TrialState
 
 from tuner import study as studies
 from tuner.errors import StorageError
-from tuner.spec import parse_spec
+from tuner.spec import StudySpec
 from tuner.storage import (
     ResilientRDBStorage,
     _is_transient,
@@ -212,18 +213,16 @@ def test_a_broken_sqlite_database_fails_at_once(
 
 
 def test_a_claimed_trial_takes_parameters_under_any_sampler(
-    storage_url: str, study_name: str
+    storage_url: str, study_name: str, make_spec: Callable[..., StudySpec]
 ) -> None:
     """The claim bypasses Optuna's trial cache, which must still know the trial: the random
     sampler reads no trials before the first parameter is set."""
-    spec = parse_spec(
-        {
-            "name": study_name,
-            "workload": {"name": "rosenbrock"},
-            "search": {"optimizers": ["sgd", "adam"]},
-            "budget": {"trials": 2, "epochs": 1},
-            "sampler": {"name": "grid"},  # random sampling, the optimizer fixed in turn
-        }
+    spec = make_spec(
+        name=study_name,
+        workload={"name": "rosenbrock"},
+        search={"optimizers": ["sgd", "adam"]},
+        budget={"trials": 2, "epochs": 1},
+        sampler={"name": "grid"},  # random sampling, the optimizer fixed in turn
     )
     studies.create_or_resume(spec, open_storage(storage_url))
     study = studies.load(spec, open_storage(storage_url))  # as a worker attaches

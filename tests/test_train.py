@@ -10,8 +10,9 @@ import optuna
 import pytest
 import torch
 
+from tests.specs import build_spec
 from tuner.config import TrainingConfig
-from tuner.spec import StudySpec, parse_spec
+from tuner.spec import StudySpec
 from tuner.train import TrainingRecord, TrialDiverged, train
 from tuner.workloads import TrialContext, build_trainable
 from tuner.workloads.landscapes import double_well, rosenbrock
@@ -23,13 +24,11 @@ ROSENBROCK_START = (-1.0, 1.0)
 def make_spec(
     workload: str, options: dict[str, Any], epochs: int, schedules: list[str] | None = None
 ) -> StudySpec:
-    return parse_spec(
-        {
-            "name": "train-test",
-            "workload": {"name": workload, "options": options},
-            "search": {"optimizers": ["sgd"], "schedules": schedules or ["constant"]},
-            "budget": {"trials": 1, "epochs": epochs},
-        }
+    return build_spec(
+        name="train-test",
+        workload={"name": workload, "options": options},
+        search={"optimizers": ["sgd"], "schedules": schedules or ["constant"]},
+        budget={"trials": 1, "epochs": epochs},
     )
 
 

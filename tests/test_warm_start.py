@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 import tuner
+from tests.specs import build_spec
 from tuner import study as studies
 from tuner import warm_start
 from tuner.cli import main
@@ -25,18 +26,18 @@ from tuner.storage import open_storage
 
 
 def _spec(name: str, *, warm: list[str] | None = None, **changes: Any) -> StudySpec:
-    data: dict[str, Any] = {
-        "name": name,
+    earlier_study = {
         "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": 20}},
-        "search": {"optimizers": ["sgd", "momentum", "adam"], "weight_decay": "off"},
+        "search": {
+            "optimizers": ["sgd", "momentum", "adam"],
+            "weight_decay": "off",
+            "warm_start": warm or [],
+        },
         "optimizers": {"sgd": {"learning_rate": [1e-5, 1e-2]}},
         "budget": {"trials": 8, "epochs": 2},
         "pruner": {"name": "none"},
     }
-    data["search"]["warm_start"] = warm or []
-    for key, value in changes.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return parse_spec(data)
+    return build_spec(earlier_study, name=name, **changes)
 
 
 @pytest.fixture

@@ -9,24 +9,21 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.specs import build_spec
 from tuner import study as studies
 from tuner.errors import SpecError
 from tuner.execution.worker import run_worker
-from tuner.spec import StudySpec, parse_spec
+from tuner.spec import StudySpec
 from tuner.storage import open_storage
 
 
 def landscape_spec(name: str, **sections: Any) -> StudySpec:
-    data: dict[str, Any] = {
-        "name": name,
-        "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": 5}},
+    landscape = {
         "search": {"optimizers": ["sgd", "adam"], "weight_decay": "off"},
         "optimizers": {"sgd": {"learning_rate": [1e-5, 1e-3]}},
         "budget": {"trials": 12, "epochs": 2},
     }
-    for section, values in sections.items():
-        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
-    return parse_spec(data)
+    return build_spec(landscape, name=name, **sections)
 
 
 def _worker_process(spec_data: dict[str, Any], url: str, name: str) -> None:
@@ -94,14 +91,12 @@ def test_diverging_trials_fail_with_a_reason_and_the_study_goes_on(
 def test_a_crashing_workload_fails_its_trial_not_the_worker(
     storage_url: str, study_name: str
 ) -> None:
-    spec = parse_spec(
-        {
-            "name": study_name,
-            "workload": {"name": "tests.workloads:broken"},
-            "metric": "loss",
-            "direction": "minimize",
-            "budget": {"trials": 2, "epochs": 1},
-        }
+    spec = build_spec(
+        name=study_name,
+        workload={"name": "tests.workloads:broken"},
+        metric="loss",
+        direction="minimize",
+        budget={"trials": 2, "epochs": 1},
     )
     studies.create_or_resume(spec, open_storage(storage_url))
     assert run_worker(spec, storage_url).trials == 2
