@@ -1,0 +1,134 @@
+"""Creating and resuming a study from a spec: its sampler, pruner and seeds, what it records,
+what a resume must keep, and the budget that claimed trials spend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner import study as studies
+from tuner.errors import SpecError
+from tuner.spec import StudySpec
+from tuner.storage import UNCOUNTED_KEYS, open_storage
+
+MakeSpec = Callable[..., StudySpec]
+
+
+def test_the_first_worker_of_a_new_study_keeps_the_specs_seed() -> None:
+    assert studies.sampler_seed(7, stream=0, trials_before=0) == 7
+    others = {
+        studies.sampler_seed(7, stream, before) for stream in range(3) for before in (0, 5)
+    } - {7}
+    assert len(others) == 5  # every other worker, and every resume, draws its own stream
+    assert studies.sampler_seed(7, 1, 0) == studies.sampler_seed(7, 1, 0)  # reproducible
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("random", optuna.samplers.RandomSampler),
+        ("grid", optuna.samplers.RandomSampler),
+        ("cmaes", optuna.samplers.CmaEsSampler),
+        ("qmc", optuna.samplers.QMCSampler),
+        ("gp", optuna.samplers.GPSampler),
+    ],
+)
+def test_each_sampler_name_builds_its_optuna_sampler(
+    name: str, kind: type, make_spec: MakeSpec
+) -> None:
+    assert type(studies.make_sampler(make_spec(sampler={"name": name}))) is kind
+
+
+def test_the_same_seed_samples_the_same_parameters(make_spec: MakeSpec) -> None:
+    spec = make_spec(sampler={"name": "random"}, seed=11)
+
+    def draws(seed: int | None) -> list[float]:
+        study = optuna.create_study(sampler=studies.make_sampler(spec, seed))
+        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    assert draws(None) == draws(11) != draws(12)
+
+
+@pytest.mark.parametrize(
+    ("pruner", "kind"),
+    [
+        ({"name": "hyperband"}, optuna.pruners.HyperbandPruner),
+        ({"name": "median"}, optuna.pruners.MedianPruner),
+        ({"name": "successive_halving"}, optuna.pruners.SuccessiveHalvingPruner),
+        ({"name": "wilcoxon"}, optuna.pruners.WilcoxonPruner),
+        ({"name": "none"}, optuna.pruners.NopPruner),
+    ],
+)
+def test_each_pruner_name_builds_its_optuna_pruner(
+    pruner: dict, kind: type, make_spec: MakeSpec
+) -> None:
+    assert type(studies.make_pruner(make_spec(pruner=pruner))) is kind
+
+
+def test_a_new_study_records_its_spec_metric_and_note(sqlite_url: str, make_spec: MakeSpec) -> None:
+    spec = make_spec(name="recorded", direction="minimize", metric="loss")
+    study = studies.create_or_resume(spec, open_storage(sqlite_url))
+    loaded = optuna.load_study(study_name="recorded", storage=sqlite_url)
+    assert loaded.user_attrs["spec"] == spec.to_dict()
+    assert loaded.user_attrs["metric"] == "loss" and loaded.metric_names == ["loss"]
+    assert loaded.direction == optuna.study.StudyDirection.MINIMIZE
+    assert study.study_name == "recorded"
+
+
+def test_the_recorded_storage_url_hides_its_password(sqlite_url: str, make_spec: MakeSpec) -> None:
+    secret = "postgresql+psycopg://me:hunter2@db.example/tuner"
+    spec = make_spec(execution={"storage": secret})
+    study = studies.create_or_resume(spec, open_storage(sqlite_url))
+    assert study.user_attrs["spec"]["execution"]["storage"] == (
+        "postgresql+psycopg://me:***@db.example/tuner"
+    )
+
+
+def test_a_resume_may_change_the_budget_but_not_the_search_space(
+    sqlite_url: str, make_spec: MakeSpec
+) -> None:
+    storage = open_storage(sqlite_url)
+    studies.create_or_resume(make_spec(name="kept"), storage)
+    resumed = studies.create_or_resume(make_spec(name="kept", budget={"trials": 9}), storage)
+    assert resumed.user_attrs["spec"]["budget"]["trials"] == 9
+    with pytest.raises(SpecError, match=r"'kept' already exists with a different search; "):
+        studies.create_or_resume(make_spec(name="kept", search={"optimizers": ["sgd"]}), storage)
+    with pytest.raises(SpecError, match=r"with a different workload, direction; "):
+        studies.create_or_resume(
+            make_spec(name="kept", workload={"name": "himmelblau"}, direction="maximize"), storage
+        )
+    assert optuna.get_all_study_names(storage) == ["kept"]
+
+
+def test_a_resume_cannot_add_a_warm_start(sqlite_url: str, make_spec: MakeSpec) -> None:
+    storage = open_storage(sqlite_url)
+    studies.create_or_resume(make_spec(name="cold"), storage)
+    with pytest.raises(SpecError, match=r"warm-started from no study; .*from earlier"):
+        studies.create_or_resume(
+            make_spec(name="cold", search={"warm_start": ["earlier"]}), storage
+        )
+
+
+def test_claimed_trials_spend_the_budget_exactly(sqlite_url: str, make_spec: MakeSpec) -> None:
+    spec = make_spec(budget={"trials": 3})
+    storage = open_storage(sqlite_url)
+    studies.create_or_resume(spec, storage)
+    study = studies.load(spec, storage)
+    claimed = []
+    while (trial := studies.claim_trial(study, spec)) is not None:
+        claimed.append(trial.number)
+        study.tell(trial, 1.0)
+    assert claimed == [0, 1, 2]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+
+
+def test_trials_outside_the_budget_are_retries_copies_and_confirmations() -> None:
+    def made(**system_attrs) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(value=1.0, system_attrs=system_attrs)
+
+    trials = [made(), made(), *(made(**{key: 1}) for key in UNCOUNTED_KEYS)]
+    assert studies.outside_budget(trials) == len(UNCOUNTED_KEYS)
