@@ -1,6 +1,7 @@
-# The two commands of the README: `make demo` runs the quickstart study on the embedded
-# default (SQLite file, local Ray); `make test` passes the tests. Both build the virtual
-# environment first if it is missing.
+# The commands of the README: `make demo` runs the quickstart study on the embedded default
+# (SQLite file, local Ray); `make test` passes the whole suite, as CI does; `make test-fast`
+# runs the unit tests alone, for the edit-test loop. All build the virtual environment first
+# if it is missing.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 # install would pull a multi-GB CUDA build.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test lint venv
+.PHONY: demo test test-fast lint venv
 
 venv: $(VENV)/.installed
 
@@ -27,6 +28,13 @@ test: venv
 	$(BIN)/ruff check tuner tests bench
 	$(BIN)/ruff format --check tuner tests bench
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked as integration (pyproject.toml's markers): no PostgreSQL,
+# no Ray, no browser, no long training.
+FAST := not postgres and not ray and not browser and not slow
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "$(FAST)"
 
 lint: venv
 	$(BIN)/ruff check --fix tuner tests bench

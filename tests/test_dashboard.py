@@ -23,11 +23,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.specs import build_spec
 from tuner import study as studies
 from tuner.artifacts import CURVE_PLOT_MIN_SECONDS, artifact_dir
 from tuner.execution.worker import run_worker
 from tuner.importance import MIN_TRIALS, finished, ped_anova
-from tuner.spec import StudySpec, parse_spec
+from tuner.spec import StudySpec
 from tuner.storage import open_storage
 
 ROOT = Path(__file__).parent.parent
@@ -100,23 +101,21 @@ def dashboard(storage_url: str, log: Path) -> Iterator[str]:
 
 
 def rosenbrock_spec(name: str, trials: int, steps: int = 50, **budget: int) -> StudySpec:
-    return parse_spec(
-        {
-            "name": name,
-            "description": "Which optimizer gets down Rosenbrock's valley?",
-            "workload": {"name": "rosenbrock", "options": {"steps_per_epoch": steps}},
-            "search": {
-                "optimizers": ["sgd", "adam", "rmsprop"],
-                "weight_decay": "off",
-                "grad_clipping": "search",
-            },
-            # Below Rosenbrock's divergence for plain SGD, so every trial completes; the
-            # learning-rate range still differs per optimizer (conditional parameters).
-            "optimizers": {"sgd": {"learning_rate": [1e-5, 1e-3]}},
-            "budget": {"trials": trials, "epochs": 3, **budget},
-            "sampler": {"name": "random"},
-            "pruner": {"name": "none"},
-        }
+    return build_spec(
+        name=name,
+        description="Which optimizer gets down Rosenbrock's valley?",
+        workload={"name": "rosenbrock", "options": {"steps_per_epoch": steps}},
+        search={
+            "optimizers": ["sgd", "adam", "rmsprop"],
+            "weight_decay": "off",
+            "grad_clipping": "search",
+        },
+        # Below Rosenbrock's divergence for plain SGD, so every trial completes; the
+        # learning-rate range still differs per optimizer (conditional parameters).
+        optimizers={"sgd": {"learning_rate": [1e-5, 1e-3]}},
+        budget={"trials": trials, "epochs": 3, **budget},
+        sampler={"name": "random"},
+        pruner={"name": "none"},
     )
 
 
@@ -166,6 +165,7 @@ def chromium() -> Iterator:
             browser.close()
 
 
+@pytest.mark.browser
 def test_the_study_its_importances_note_and_curves_show_in_a_browser(
     chromium, finished_study: str, tmp_path: Path
 ) -> None:
