@@ -42,7 +42,7 @@ def test_best_config_is_the_best_completed_trial(finished_study: str) -> None:
     assert config.trial_number == study.best_trial.number
     assert config.value == pytest.approx(study.best_value)
     assert (config.metric, config.direction, config.study) == ("val_loss", "minimize", "regression")
-    assert config.learning_rate == pytest.approx(study.best_trial.params["learning_rate"])
+    assert config.learning_rate == study.best_trial.user_attrs["config"]["learning_rate"]
     assert config.batch_size in (16, 32)
 
 

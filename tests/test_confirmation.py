@@ -223,7 +223,11 @@ def test_only_reevaluations_of_known_configurations_escape_the_pruner(
     study.enqueue_trial({}, user_attrs={marker: 0} if marker else None)
     trial = study.ask()
     result = EpochResult(
-        train_loss=1.0, parameter_norm=1.0, metrics={"loss": 1.0}, learning_rate=0.1
+        train_loss=1.0,
+        parameter_norm=1.0,
+        metrics={"loss": 1.0},
+        learning_rate=0.1,
+        start_loss=1.0,
     )
     if marker is None:
         with pytest.raises(optuna.TrialPruned):

@@ -187,7 +187,7 @@ def test_the_study_its_importances_note_and_curves_show_in_a_browser(
             }""",
             timeout=30_000,
         ).json_value()
-        assert {"learning_rate", "optimizer"} <= set(bars), bars
+        assert {"learning_rate_in_range", "optimizer"} <= set(bars), bars
         assert page.get_by_text("valley (id=").count() > 0  # the study's own page
         page.screenshot(path=tmp_path / "study.png")
         chart = page.locator(".js-plotly-plot", has_text="Hyperparameter Importance").first

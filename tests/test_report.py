@@ -26,7 +26,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALWAYS = ("best_by_optimizer", "learning_curves", "history", "importance")
 
 #: Rosenbrock with a learning-rate range of its own per optimizer, conditional knobs
-#: (momentum; Adam's β's and ε), and an SGD whose fixed lr diverges (failed trials).
+#: (momentum; Adam's β's and ε), and an SGD whose fixed lr diverges.
 ROSENBROCK = {
     "name": "report-rosenbrock",
     "description": "Does <script>alert('x')</script> & co get escaped?",
@@ -153,7 +153,9 @@ def test_the_page_ranks_the_top_trials_best_first(built: dict, name: str) -> Non
     text = built["pages"][name].read_text(encoding="utf-8")
     table = text.split('<table class="top-trials">', 1)[1].split("</table>", 1)[0]
     rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([^<]*)</td>", table)
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    complete = [
+        t for t in study.trials if t.state == TrialState.COMPLETE and "diverged" not in t.user_attrs
+    ]
     assert len(rows) == min(report.TOP_TRIALS, len(complete))
     assert rows[0][:2] == ("1", str(study.best_trial.number))
     values = [float(value) for _, _, value in rows]
@@ -162,8 +164,10 @@ def test_the_page_ranks_the_top_trials_best_first(built: dict, name: str) -> Non
     assert f"<td>{study.user_attrs['metric']}</td>" in text
     assert f"<td>{study.direction.name.lower()}</td>" in text
     counts = {state: sum(t.state == state for t in study.trials) for state in TrialState}
-    assert f"{counts[TrialState.COMPLETE]} complete" in text
-    assert f"{counts[TrialState.FAIL]} fail" in text
+    lost = sum(bool(t.user_attrs.get("diverged")) for t in study.trials)
+    assert f"{counts[TrialState.COMPLETE] - lost} complete" in text
+    assert f"{counts[TrialState.PRUNED]} pruned, {lost} diverged" in text
+    assert f"{counts[TrialState.FAIL]} failed" in text
 
 
 def test_the_page_escapes_what_it_shows(built: dict) -> None:
@@ -172,34 +176,38 @@ def test_the_page_escapes_what_it_shows(built: dict) -> None:
     assert "<script>" not in text
 
 
-def test_failed_trials_are_reported_not_fatal(built: dict) -> None:
+def test_diverged_trials_are_reported_not_fatal(built: dict) -> None:
     study = built["studies"]["report-rosenbrock"]
-    failed = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert failed and all(t.params["optimizer"] == "sgd_hot" for t in failed)
+    lost = [t for t in study.trials if t.user_attrs.get("diverged")]
+    assert lost and all(t.params["optimizer"] == "sgd_hot" for t in lost)
     text = built["pages"]["report-rosenbrock"].read_text(encoding="utf-8")
-    assert f"Failed trials ({len(failed)})" in text
-    assert "diverged" in text
+    assert f"Diverged and failed trials ({len(lost)})" in text
+    assert "diverged in epoch" in text
 
 
-def test_optunas_own_evaluator_refuses_per_optimizer_learning_rate_ranges(built: dict) -> None:
-    """The reason `parameter_importances` builds its own study: this must keep failing."""
+def test_optunas_own_evaluator_reads_per_optimizer_learning_rate_ranges(built: dict) -> None:
+    """Per-optimizer ranges once made the space dynamic and Optuna's evaluators refused it;
+    sampled as its position in each optimizer's range, the learning rate is one fixed
+    distribution (tuner.space), as the dashboard's evaluator needs."""
     study = built["studies"]["report-rosenbrock"]
-    with pytest.raises(ValueError, match="dynamic search spaces"):
-        optuna.importance.get_param_importances(
-            study,
-            evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
-            params=["learning_rate", "optimizer"],
-        )
+    importances = optuna.importance.get_param_importances(
+        study,
+        evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+        params=["learning_rate_in_range", "optimizer"],
+    )
+    assert set(importances) == {"learning_rate_in_range", "optimizer"}
 
 
 def test_importance_over_the_conditional_space(built: dict) -> None:
     study = built["studies"]["report-rosenbrock"]
     importances = _importances(study)
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    complete = [
+        t for t in study.trials if t.state == TrialState.COMPLETE and "diverged" not in t.user_attrs
+    ]
 
     overall = importances.overall
     assert overall is not None
-    assert {"learning_rate", "optimizer", "schedule"} <= set(overall.importances)
+    assert {"learning_rate_in_range", "optimizer", "schedule"} <= set(overall.importances)
     assert overall.trials == len(complete)
     assert all(math.isfinite(v) and v >= 0 for v in overall.importances.values())
     assert sum(overall.importances.values()) == pytest.approx(1.0)
@@ -227,7 +235,7 @@ def test_importance_skips_what_cannot_be_evaluated(built: dict) -> None:
     study = built["studies"]["report-cnn"]  # trials: adam, momentum, adam
     importances = _importances(study)
     assert importances.overall is not None
-    assert {"learning_rate", "optimizer"} <= set(importances.overall.importances)
+    assert {"learning_rate_in_range", "optimizer"} <= set(importances.overall.importances)
     assert sum(importances.overall.importances.values()) == pytest.approx(1.0)
     # One momentum trial: its momentum has nothing to be compared with.
     assert "one_minus_momentum" not in importances.conditional
@@ -279,7 +287,9 @@ def test_the_command_writes_the_report_where_asked(
 
 def test_no_importance_is_shown_below_the_minimum_and_the_page_says_why(built: dict) -> None:
     study = built["studies"]["report-rosenbrock"]
-    complete = sum(t.state == TrialState.COMPLETE for t in study.trials)
+    complete = sum(
+        t.state == TrialState.COMPLETE and "diverged" not in t.user_attrs for t in study.trials
+    )
     assert complete < MIN_TRIALS
     withheld = _importances(study, min_trials=MIN_TRIALS)
     assert withheld.ped_anova == {} and withheld.overall is None and not withheld.conditional
@@ -295,8 +305,9 @@ def test_ped_anova_and_fanova_side_by_side_under_the_names_users_know(built: dic
     study = built["studies"]["report-enough"]
     found = _importances(study, min_trials=MIN_TRIALS)
     assert found.withheld is None
-    assert {"optimizer", "learning_rate"} <= set(found.ped_anova)
-    assert found.overall is not None and "learning_rate" in found.overall.importances
+    # Adam's learning-rate range is not SGD's: the rate is sampled as its position in range.
+    assert {"optimizer", "learning_rate_in_range"} <= set(found.ped_anova)
+    assert found.overall is not None and "learning_rate_in_range" in found.overall.importances
     # PED-ANOVA is computed as optuna-dashboard computes it, on the study itself.
     expected = optuna.importance.get_param_importances(
         study,

@@ -18,7 +18,15 @@ from optuna.trial import FixedTrial, FrozenTrial
 from tests.specs import build_spec
 from tuner.config import TrainingConfig
 from tuner.optimizers import REGISTRY, Knob, OptimizerSpec
-from tuner.space import LOOKAHEAD_ALPHA, LOOKAHEAD_K, sample_config
+from tuner.space import (
+    LOOKAHEAD_ALPHA,
+    LOOKAHEAD_K,
+    at_position,
+    params_for,
+    position,
+    ranges_differ,
+    sample_config,
+)
 from tuner.spec import StudySpec
 
 
@@ -70,16 +78,27 @@ def config_of(trial: FrozenTrial) -> TrainingConfig:
 # --- single trials -----------------------------------------------------------------------------
 
 
+def lr_at(optimizer: str, learning_rate: float) -> float:
+    """The sampled position of a learning rate in a registry optimizer's default range."""
+    return position(REGISTRY[optimizer].learning_rate, learning_rate)
+
+
 def test_momentum_is_one_minus_the_sampled_complement_and_has_no_betas() -> None:
     spec = make_spec(["sgd", "momentum", "adam"], weight_decay="off")
-    trial = FixedTrial({"optimizer": "momentum", "learning_rate": 0.02, "one_minus_momentum": 0.05})
+    trial = FixedTrial(
+        {
+            "optimizer": "momentum",
+            "learning_rate_in_range": lr_at("momentum", 0.02),
+            "one_minus_momentum": 0.05,
+        }
+    )
     config = sample_config(trial, spec)
     assert config.optimizer == "momentum"
     assert config.target == "torch.optim:SGD"
-    assert config.learning_rate == 0.02
+    assert config.learning_rate == pytest.approx(0.02, rel=1e-12)
     assert config.momentum == pytest.approx(0.95)
     assert config.hyperparameters == {}
-    assert set(trial.params) == {"optimizer", "learning_rate", "one_minus_momentum"}
+    assert set(trial.params) == {"optimizer", "learning_rate_in_range", "one_minus_momentum"}
     distribution = trial.distributions["one_minus_momentum"]
     knob = REGISTRY["momentum"].knobs["momentum"]
     assert distribution.log
@@ -91,13 +110,14 @@ def test_adam_gets_betas_and_eps_and_no_momentum() -> None:
     trial = FixedTrial(
         {
             "optimizer": "adam",
-            "learning_rate": 1e-3,
+            "learning_rate_in_range": lr_at("adam", 1e-3),
             "one_minus_beta1": 0.05,
             "one_minus_beta2": 0.002,
             "eps": 1e-8,
         }
     )
     config = sample_config(trial, spec)
+    assert config.learning_rate == pytest.approx(1e-3, rel=1e-12)
     assert config.momentum is None
     assert set(config.hyperparameters) == {"beta1", "beta2", "eps"}
     assert config.hyperparameters["beta1"] == pytest.approx(0.95)
@@ -108,9 +128,9 @@ def test_adam_gets_betas_and_eps_and_no_momentum() -> None:
 
 def test_sgd_suggests_no_momentum() -> None:
     spec = make_spec(["sgd", "momentum", "adam"], weight_decay="off")
-    trial = FixedTrial({"optimizer": "sgd", "learning_rate": 0.1})
+    trial = FixedTrial({"optimizer": "sgd", "learning_rate_in_range": lr_at("sgd", 0.1)})
     config = sample_config(trial, spec)  # FixedTrial raises on any parameter not given
-    assert set(trial.params) == {"optimizer", "learning_rate"}
+    assert set(trial.params) == {"optimizer", "learning_rate_in_range"}
     assert config.momentum is None
     assert config.hyperparameters == {}
     assert (config.weight_decay, config.schedule, config.max_grad_norm) == (0.0, "constant", None)
@@ -147,18 +167,17 @@ def test_random_study_suggests_exactly_the_conditional_parameters() -> None:
         choice = by_name[name]
         assert config.optimizer == name and config.target == choice.target
 
-        assert "learning_rate" in params
+        # The optimizers' learning-rate ranges differ: one fixed distribution, the position.
+        assert "learning_rate" not in params
+        assert trial.distributions["learning_rate_in_range"] == FloatDistribution(0.0, 1.0)
         assert in_knob(config.learning_rate, choice.learning_rate)
-        assert params["learning_rate"] == config.learning_rate
-        lr_distribution = trial.distributions["learning_rate"]
-        assert lr_distribution.log
-        assert (lr_distribution.low, lr_distribution.high) == (
-            choice.learning_rate.low,
-            choice.learning_rate.high,
+        assert config.learning_rate == at_position(
+            choice.learning_rate, params["learning_rate_in_range"]
         )
 
         assert ("one_minus_momentum" in params) == (name == "momentum")
-        assert ("one_minus_beta1" in params) == (name in ("adam", "schedulefree_adamw"))
+        # Adam's β1 range (0.9-0.996) is not Schedule-Free's (0.8-0.95): β1 is in range.
+        assert ("beta1_in_range" in params) == (name in ("adam", "schedulefree_adamw"))
         assert ("one_minus_beta2" in params) == (name == "adam")
         if name == "momentum":
             assert config.momentum == pytest.approx(1 - params["one_minus_momentum"])
@@ -168,11 +187,13 @@ def test_random_study_suggests_exactly_the_conditional_parameters() -> None:
         for knob_name, knob in choice.knobs.items():
             if knob_name != "momentum":
                 assert in_knob(config.hyperparameters[knob_name], knob)
-        if "one_minus_beta1" in params:
-            assert config.hyperparameters["beta1"] == pytest.approx(1 - params["one_minus_beta1"])
+        if "beta1_in_range" in params:
+            assert config.hyperparameters["beta1"] == at_position(
+                choice.knobs["beta1"], params["beta1_in_range"]
+            )
 
         assert "use_weight_decay" in params
-        assert ("weight_decay" in params) == params["use_weight_decay"]
+        assert ("weight_decay_in_range" in params) == params["use_weight_decay"]
         if params["use_weight_decay"]:
             assert in_knob(config.weight_decay, choice.weight_decay)
         else:
@@ -248,10 +269,13 @@ def test_weight_decay_search_is_a_boolean_parameter() -> None:
         config = config_of(trial)
         assert isinstance(trial.distributions["use_weight_decay"], CategoricalDistribution)
         if trial.params["use_weight_decay"]:
-            assert config.weight_decay == trial.params["weight_decay"]
-            assert in_knob(config.weight_decay, by_name[config.optimizer].weight_decay)
+            choice = by_name[config.optimizer]
+            assert config.weight_decay == at_position(
+                choice.weight_decay, trial.params["weight_decay_in_range"]
+            )
+            assert in_knob(config.weight_decay, choice.weight_decay)
         else:
-            assert "weight_decay" not in trial.params
+            assert "weight_decay_in_range" not in trial.params
             assert config.weight_decay == 0.0
 
 
@@ -263,7 +287,7 @@ def test_weight_decay_on_is_always_positive_within_range() -> None:
         assert "use_weight_decay" not in trial.params
         assert config.weight_decay > 0
         assert in_knob(config.weight_decay, by_name[config.optimizer].weight_decay)
-        assert trial.distributions["weight_decay"].log
+        assert trial.distributions["weight_decay_in_range"] == FloatDistribution(0.0, 1.0)
 
 
 def test_grad_clipping_search_samples_the_norm_range() -> None:
@@ -390,3 +414,52 @@ def test_a_range_override_changes_the_sampled_range() -> None:
         # untouched knobs keep the registry's range
         beta2 = REGISTRY["adam"].knobs["beta2"]
         assert in_knob(config.hyperparameters["beta2"], beta2)
+
+
+# --- one fixed distribution per name ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "knob",
+    [Knob(1e-4, 1e-1, "log"), Knob(0.5, 0.99, "log_complement"), Knob(0.0, 0.2, "linear")],
+)
+def test_a_position_maps_to_the_range_on_its_scale_and_back(knob: Knob) -> None:
+    assert at_position(knob, 0.0) == pytest.approx(knob.low, rel=1e-12, abs=1e-15)
+    assert at_position(knob, 1.0) == pytest.approx(knob.high, rel=1e-12)
+    for where in (0.1, 0.5, 0.9):
+        assert position(knob, at_position(knob, where)) == pytest.approx(where, rel=1e-12)
+    # Even steps in position are even steps on the knob's scale: a ratio for log scales.
+    if knob.scale == "log":
+        assert at_position(knob, 0.5) == pytest.approx((knob.low * knob.high) ** 0.5)
+    if knob.scale == "log_complement":
+        assert 1 - at_position(knob, 0.5) == pytest.approx(
+            ((1 - knob.low) * (1 - knob.high)) ** 0.5
+        )
+
+
+def test_only_knobs_whose_ranges_differ_are_sampled_in_range() -> None:
+    # Momentum and Nesterov share every default range: natural units throughout.
+    assert ranges_differ(make_spec(["momentum", "nesterov"])) == set()
+    trial = sample_study(make_spec(["momentum", "nesterov"], weight_decay="on"), 1)[0]
+    assert {"learning_rate", "one_minus_momentum", "weight_decay"} <= set(trial.params)
+    # SGD's learning rate is 1e-3-1, Adam's 1e-4-1e-2; their eps/betas are Adam's alone.
+    assert ranges_differ(make_spec(["sgd", "adam", "adamw"])) == {"learning_rate", "weight_decay"}
+
+
+def test_every_trial_of_a_multi_optimizer_study_shares_its_continuous_distributions() -> None:
+    """What CMA-ES and GP model is the intersection of the trials' distributions: with the
+    learning rate in range, it holds the learning rate whatever optimizer each trial chose."""
+    spec = make_spec(["sgd", "momentum", "rmsprop", "adamw"], weight_decay="on")
+    trials = sample_study(spec, 20)
+    space = optuna.search_space.intersection_search_space(trials)
+    assert {"optimizer", "learning_rate_in_range", "weight_decay_in_range"} <= set(space)
+
+
+def test_params_for_enqueues_natural_values_through_their_sampled_names() -> None:
+    spec = make_spec(["sgd", "momentum", "adam"], weight_decay="off")
+    values = {"optimizer": "momentum", "learning_rate": 0.02, "momentum": 0.9}
+    params = params_for(spec, values)
+    assert set(params) == {"optimizer", "learning_rate_in_range", "one_minus_momentum"}
+    config = sample_config(FixedTrial(params), spec)
+    assert config.learning_rate == pytest.approx(0.02, rel=1e-12)
+    assert config.momentum == pytest.approx(0.9, rel=1e-12)

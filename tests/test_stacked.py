@@ -152,6 +152,8 @@ def compare(
                     metric_gap = max(metric_gap, abs(got.metrics[name] - value) / abs(value))
                 assert got.learning_rate == pytest.approx(expected.learning_rate, rel=1e-12)
                 assert got.train_loss == pytest.approx(expected.train_loss, rel=METRIC_TOLERANCE)
+                # Where the trial started, for the divergence rule, is the same both ways.
+                assert got.start_loss == pytest.approx(expected.start_loss, rel=METRIC_TOLERANCE)
                 epochs_compared += 1
                 if steps[i] == alone[i].trainable.steps_per_epoch() * EPOCHS:
                     finished.append(i)

@@ -13,7 +13,7 @@ import torch
 from tests.specs import build_spec
 from tuner.config import TrainingConfig
 from tuner.spec import StudySpec
-from tuner.train import TrainingRecord, TrialDiverged, train
+from tuner.train import EpochResult, TrainingRecord, TrialDiverged, divergence, train
 from tuner.workloads import TrialContext, build_trainable
 from tuner.workloads.landscapes import double_well, rosenbrock
 
@@ -83,6 +83,35 @@ def test_sgd_with_a_huge_learning_rate_diverges_in_the_first_epoch() -> None:
         train(trial, spec, sgd(1.0), 0, CPU, record)
     assert record.epochs_run == 0
     assert record.curve == []
+
+
+def test_adam_at_a_huge_learning_rate_diverges_by_the_loss_growth_rule() -> None:
+    """Adam's steps are bounded by its lr, so nothing overflows: the loss grows from 4 to
+    ~1e18 with finite parameters. The growth rule stops it in the first epoch."""
+    spec = make_spec("rosenbrock", {"steps_per_epoch": 100}, epochs=3)
+    config = TrainingConfig(optimizer="adam", target="torch.optim:Adam", learning_rate=1e6)
+    record = TrainingRecord()
+    with pytest.raises(TrialDiverged, match=r"diverged in epoch 1: .* up from 4 at the first"):
+        train(optuna.create_study().ask(), spec, config, 0, CPU, record)
+    assert record.curve == []
+
+
+@pytest.mark.parametrize(
+    ("loss", "start", "diverged"),
+    [
+        (400.0, 4.0, False),  # 396 above a start of 4: within 100 x 4
+        (404.5, 4.0, True),
+        (-1.0, 9.0, False),  # a loss that falls below zero (the double well) is progress
+        (5.0, -0.5, False),  # 5.5 above a start of -0.5: within 100 x 0.5
+        (50.5, -0.5, True),
+        (float("nan"), 4.0, True),
+    ],
+)
+def test_the_divergence_rule_is_growth_past_100_times_the_start(
+    loss: float, start: float, diverged: bool
+) -> None:
+    result = EpochResult(loss, 1.0, {"loss": 0.0}, 0.1, start)
+    assert (divergence(result, "loss", 2) is not None) == diverged
 
 
 def test_a_pruner_stops_training_after_the_first_report() -> None:

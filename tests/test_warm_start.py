@@ -63,25 +63,23 @@ def test_the_best_configurations_run_first_and_agreeing_trials_are_copied(
     storage_url: str, earlier: StudySpec, later_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     source = optuna.load_study(study_name=earlier.name, storage=storage_url)
-    # sgd's learning-rate range differs here: its trials cannot be read as draws from it.
+    # sgd's learning-rate range differs here: its trials cannot be read as draws from it, and
+    # its learning rate, sampled as a position in that range (tuner.space), would train
+    # another rate here: none of its configurations is queued either.
     spec = _spec(
         later_name, warm=[earlier.name], optimizers={"sgd": {"learning_rate": [1e-4, 1e-2]}}
     )
     study, [transfer] = create_study(spec, storage_url)
 
     ranked = rank_configurations(source.trials, source.direction)
-    inside = [
-        config.trial
-        for config in ranked
-        if config.trial.params["optimizer"] != "sgd" or config.trial.params["learning_rate"] >= 1e-4
-    ][: warm_start.BEST_QUEUED]
+    inside = [config.trial for config in ranked if config.trial.params["optimizer"] != "sgd"][
+        : warm_start.BEST_QUEUED
+    ]
     assert transfer.queued == [trial.number for trial in inside]
     finished = [t for t in source.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     sgd = [t for t in finished if t.params["optimizer"] == "sgd"]
     assert sgd and transfer.copied == len(finished) - len(sgd) and transfer.skipped == len(sgd)
-    assert "learning_rate is [1e-05, 0.01] log there, [0.0001, 0.01] log here" in (
-        "; ".join(transfer.reasons)
-    )
+    assert "(its range differs)" in "; ".join(transfer.reasons)
     assert study.user_attrs["warm_start"][earlier.name]["copied"] == transfer.copied
     assert earlier.name in transfer.describe()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 from typing import Any
 
@@ -11,7 +12,8 @@ from optuna.trial import TrialState
 
 from tests.specs import build_spec
 from tuner import study as studies
-from tuner.errors import SpecError
+from tuner.api import best_config
+from tuner.errors import EmptyStudyError, SpecError
 from tuner.execution.worker import run_worker
 from tuner.spec import StudySpec
 from tuner.storage import open_storage
@@ -84,8 +86,38 @@ def test_diverging_trials_fail_with_a_reason_and_the_study_goes_on(
     studies.create_or_resume(spec, open_storage(storage_url))
     run_worker(spec, storage_url)
     trials = optuna.load_study(study_name=study_name, storage=open_storage(storage_url)).trials
-    assert [trial.state for trial in trials] == [TrialState.FAIL] * 4
-    assert all("diverged in epoch 1" in trial.user_attrs["fail_reason"] for trial in trials)
+    # Recorded so that samplers learn from them: COMPLETE, worse than any result (the study
+    # minimises) and infeasible; with the epoch and the loss for users.
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 4
+    assert [trial.value for trial in trials] == [math.inf] * 4
+    assert all("diverged in epoch 1" in trial.user_attrs["diverged"] for trial in trials)
+    assert all(trial.constraints == {"diverged": 1.0} for trial in trials)
+    assert all("fail_reason" not in trial.user_attrs for trial in trials)
+    with pytest.raises(EmptyStudyError, match="no completed trial"):
+        best_config(study_name, storage=storage_url)
+
+
+def test_tpe_learns_to_avoid_the_learning_rates_that_diverge(
+    storage_url: str, study_name: str
+) -> None:
+    """SGD on Rosenbrock diverges above lr ~2e-3: about half of [1e-5, 1] log-uniform. Once
+    its random start-up trials are done, TPE must propose far fewer diverging ones; were
+    divergence a FAIL, TPE would not see it at all."""
+    spec = landscape_spec(
+        study_name,
+        search={"optimizers": ["sgd"], "weight_decay": "off"},
+        optimizers={"sgd": {"learning_rate": [1e-5, 1.0]}},
+        budget={"trials": 30, "epochs": 1},
+        sampler={"name": "tpe", "n_startup_trials": 10},
+        pruner={"name": "none"},
+    )
+    studies.create_or_resume(spec, open_storage(storage_url))
+    run_worker(spec, storage_url)
+    trials = optuna.load_study(study_name=study_name, storage=open_storage(storage_url)).trials
+    lost = [bool(trial.user_attrs.get("diverged")) for trial in trials]
+    startup, learned = sum(lost[:10]) / 10, sum(lost[10:]) / 20
+    assert startup >= 0.3  # the range really is half divergent
+    assert learned <= startup / 2, (startup, learned)
 
 
 def test_a_crashing_workload_fails_its_trial_not_the_worker(
@@ -136,7 +168,7 @@ def test_wall_time_budget_stops_claiming_trials(sqlite_url: str) -> None:
 
 def _learning_rates(storage_url: str, name: str) -> list[float]:
     trials = optuna.load_study(study_name=name, storage=open_storage(storage_url)).trials
-    return [trial.params["learning_rate"] for trial in trials]
+    return [trial.user_attrs["config"]["learning_rate"] for trial in trials]
 
 
 def test_workers_and_resumed_runs_draw_their_own_trials(tmp_path: Any) -> None:

@@ -17,10 +17,13 @@ from tuner.config import TrainingConfig
 from tuner.results import (
     CONFIRMS,
     COPIED_FROM,
+    FINISHED_OUTCOMES,
     RankedConfig,
     best_trained_value,
+    count_outcomes,
     count_sentence,
     count_states,
+    diverged,
     ranked_by_optimizer,
     states_by_optimizer,
     trial_config,
@@ -29,6 +32,18 @@ from tuner.results import (
 from tuner.study import outside_budget
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def print_diverged(console: Console, trials: list[optuna.trial.FrozenTrial], limit: int) -> None:
+    """The diverged trials with their epoch and loss, the first `limit` of them."""
+    lost = [trial for trial in trials if diverged(trial)]
+    for trial in lost[:limit]:
+        console.print(
+            f"  trial {trial.number} ({trial_optimizer(trial) or '—'}) {diverged(trial)}",
+            soft_wrap=True,
+        )
+    if len(lost) > limit:
+        console.print(f"  … and {len(lost) - limit} more diverged trials")
 
 
 def format_value(value: float | None) -> str:
@@ -46,7 +61,10 @@ class StudyProgress:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("pruned {task.fields[pruned]} · failed {task.fields[failed]}"),
+            TextColumn(
+                "pruned {task.fields[pruned]} · diverged {task.fields[diverged]} · "
+                "failed {task.fields[failed]}"
+            ),
             TextColumn("· best [bold green]{task.fields[best]}"),
             TimeElapsedColumn(),
             console=console,
@@ -54,6 +72,7 @@ class StudyProgress:
         self.study: optuna.Study | None = None
         self.task = None
         self.started = time.monotonic()
+        self.announced: set[int] = set()  # diverged trials already printed above the bar
 
     def __enter__(self) -> StudyProgress:
         self.progress.__enter__()
@@ -73,7 +92,7 @@ class StudyProgress:
         )
         self.study = study
         self.task = self.progress.add_task(
-            study.study_name, total=None, pruned=0, failed=0, best="—"
+            study.study_name, total=None, pruned=0, diverged=0, failed=0, best="—"
         )
         self.tick()
 
@@ -81,14 +100,23 @@ class StudyProgress:
         """Refresh the bar from storage."""
         trials = self.study.get_trials(deepcopy=False)
         counts = count_states(trials)
+        outcomes = count_outcomes(trials)
+        for trial in trials:  # each divergence once, with its epoch and loss, above the bar
+            if diverged(trial) and trial.number not in self.announced:
+                self.announced.add(trial.number)
+                self.progress.console.print(
+                    f"trial {trial.number} ({trial_optimizer(trial) or '—'}) {diverged(trial)}",
+                    soft_wrap=True,
+                )
         self.progress.update(
             self.task,
             # Slots are laid down as workers go: the total is the budget, plus any retries,
             # warm-start copies and confirmation runs.
             total=self.budget + outside_budget(trials) if self.budget else None,
             completed=sum(counts[state] for state in FINISHED),
-            pruned=counts[TrialState.PRUNED],
-            failed=counts[TrialState.FAIL],
+            pruned=outcomes["pruned"],
+            diverged=outcomes["diverged"],
+            failed=outcomes["failed"],
             best=format_value(best_trained_value(trials, self.study.direction)),
         )
 
@@ -191,7 +219,7 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
     )
     for column in ("optimizer", f"best {metric}", "trial"):
         table.add_column(column, no_wrap=True)
-    table.add_column("complete/\npruned/\nfailed", justify="center", no_wrap=True)
+    table.add_column("complete/\npruned/\ndiverged/\nfailed", justify="center", no_wrap=True)
     table.add_column("configuration", overflow="fold", ratio=1)
     confirmed = any(config.confirmed for config in ranked.values())
     if confirmed:
@@ -202,14 +230,15 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
             name,
             format_value(trial.value if trial else None),
             str(trial.number) if trial else "—",
-            "/".join(
-                str(counts_of[state])
-                for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-            ),
+            "/".join(str(counts_of[name]) for name in FINISHED_OUTCOMES),
             describe_config(trial_config(trial)) if trial else "",
             *([describe_ranked(ranked[name]) if trial else ""] if confirmed else []),
         )
     console.print(table)
+    lost = count_outcomes(trials)["diverged"]
+    if lost:
+        console.print(f"Diverged ({lost}; the sampler learns to avoid them):")
+        print_diverged(console, trials, limit=5)
     # soft_wrap: a path or URL broken over two lines cannot be copied.
     option = storage_option(storage_url)
     console.print(
@@ -252,6 +281,7 @@ def print_status(console: Console, study: optuna.Study) -> None:
     metric = study.user_attrs.get("metric", "value")
     best = best_trained_value(trials, study.direction)
     console.print(f"[bold]{study.study_name}[/]: {count_sentence(trials)}")
+    print_diverged(console, trials, limit=5)
     console.print(
         f"best {metric}: [bold green]{format_value(best)}[/] ({study.direction.name.lower()})"
     )

@@ -35,9 +35,9 @@ from optuna.distributions import (
     IntDistribution,
 )
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from tuner.results import is_search_trial, trial_optimizer
+from tuner.results import is_result, is_search_trial, trial_optimizer
 
 #: The fewest complete trials over which an importance is shown (see the module docstring).
 MIN_TRIALS = 20
@@ -64,14 +64,8 @@ def spans_decades(values: Sequence[float]) -> bool:
 
 
 def finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The COMPLETE trials with a finite value: the trials an importance is computed over."""
-    return [
-        trial
-        for trial in trials
-        if trial.state == TrialState.COMPLETE
-        and trial.value is not None
-        and math.isfinite(trial.value)
-    ]
+    """The results (COMPLETE, finite, not diverged): the trials an importance is computed over."""
+    return [trial for trial in trials if is_result(trial)]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Shared by `best_config()`, the run summary and reports, so they agree on what "best" means.
 A configuration is a COMPLETE trial of the study's own search (pruned trials never win on a
-partial value; trials copied in by a warm start were trained elsewhere). Where it was
+partial value; diverged trials, COMPLETE for the samplers' sake, never win at all; trials
+copied in by a warm start were trained elsewhere). Where it was
 confirmed on fresh seeds (tuner.confirmation), it is judged by the mean over those seeds:
 
 1. confirmed configurations whose every confirmation run completed, by their mean;
@@ -15,6 +16,7 @@ is biased by luck (the winner's curse); the fresh seeds' values are not.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +79,30 @@ def is_search_trial(trial: FrozenTrial) -> bool:
     return CONFIRMS not in trial.user_attrs and COPIED_FROM not in trial.user_attrs
 
 
+#: The user attribute of a trial that diverged: the reason, with the epoch and the loss.
+DIVERGED_ATTR = "diverged"
+
+
+def diverged(trial: FrozenTrial) -> str | None:
+    """Why a trial diverged (``diverged in epoch 2: mean training loss ...``), or None.
+
+    A diverged trial is recorded as COMPLETE with an infinite value and infeasible, so that
+    samplers learn from it (see tuner.execution.worker._finish); this attribute is how views
+    tell it from a result.
+    """
+    return trial.user_attrs.get(DIVERGED_ATTR)
+
+
+def is_result(trial: FrozenTrial) -> bool:
+    """Whether a trial finished training with a result: COMPLETE, finite, not diverged."""
+    return (
+        trial.state == TrialState.COMPLETE
+        and not diverged(trial)
+        and trial.value is not None
+        and math.isfinite(trial.value)
+    )
+
+
 def trial_config(trial: FrozenTrial) -> TrainingConfig | None:
     """The configuration a trial trained with, or None for a trial that never sampled one."""
     data = trial.user_attrs.get("config")
@@ -101,52 +127,61 @@ def count_states(trials: Iterable[FrozenTrial]) -> dict[TrialState, int]:
     return counts
 
 
+#: What became of trials, in words, in the order views say them: a diverged trial (stored as
+#: COMPLETE and infeasible so that samplers learn from it) is counted as diverged, never as
+#: complete. The first four are always said, the last two when there are any.
+OUTCOMES = ("complete", "pruned", "diverged", "failed", "running", "waiting")
+FINISHED_OUTCOMES = OUTCOMES[:4]
+
+
+def outcome(trial: FrozenTrial) -> str:
+    """What became of a trial, in the words of OUTCOMES."""
+    if diverged(trial):
+        return "diverged"
+    return "failed" if trial.state == TrialState.FAIL else trial.state.name.lower()
+
+
+def count_outcomes(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """How many trials had each outcome (every one of OUTCOMES, zeros included)."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for trial in trials:
+        counts[outcome(trial)] += 1
+    return counts
+
+
 def count_sentence(trials: Sequence[FrozenTrial]) -> str:
     """The trial count in words, as every view says it: "16 trials: 12 complete, 0 pruned,
-    4 failed" (the finished states always; running and waiting trials when there are any)."""
-    counts = count_states(trials)
-    always = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    states = ", ".join(
-        f"{counts[state]} {STATE_WORDS[state]}"
-        for state in TrialState
-        if counts[state] or state in always
+    1 diverged, 3 failed" (the finished outcomes always; running and waiting when any)."""
+    counts = count_outcomes(trials)
+    said = ", ".join(
+        f"{counts[name]} {name}" for name in OUTCOMES if counts[name] or name in FINISHED_OUTCOMES
     )
-    return f"{len(trials)} trial{'' if len(trials) == 1 else 's'}: {states}"
-
-
-#: Each trial state in words.
-STATE_WORDS = {
-    TrialState.RUNNING: "running",
-    TrialState.WAITING: "waiting",
-    TrialState.COMPLETE: "complete",
-    TrialState.PRUNED: "pruned",
-    TrialState.FAIL: "failed",
-}
+    return f"{len(trials)} trial{'' if len(trials) == 1 else 's'}: {said}"
 
 
 def states_by_optimizer(
     trials: Iterable[FrozenTrial], best: Mapping[str, FrozenTrial]
-) -> dict[str, dict[TrialState, int]]:
-    """How many search trials (`is_search_trial`) of each optimizer type are in each state;
-    the types in `best`'s order (best first), then those with no complete trial, by name."""
-    counts: dict[str, dict[TrialState, int]] = {}
+) -> dict[str, dict[str, int]]:
+    """How many trials of each optimizer type had each outcome (OUTCOMES); the types in
+    `best`'s order (best first), then those with no complete trial, by name."""
+    counts: dict[str, dict[str, int]] = {}
     for trial in trials:
         name = trial_optimizer(trial)
-        if name is not None and is_search_trial(trial):
-            counts.setdefault(name, dict.fromkeys(TrialState, 0))[trial.state] += 1
+        if name is not None:
+            counts.setdefault(name, dict.fromkeys(OUTCOMES, 0))[outcome(trial)] += 1
     order = [*best, *sorted(set(counts) - set(best))]
-    return {name: counts.get(name, dict.fromkeys(TrialState, 0)) for name in order}
+    return {name: counts.get(name, dict.fromkeys(OUTCOMES, 0)) for name in order}
 
 
 def best_trained_value(
     trials: Iterable[FrozenTrial], direction: optuna.study.StudyDirection
 ) -> float | None:
-    """The best value a COMPLETE trial among `trials` reached in this study (Optuna's
+    """The best value a trial among `trials` reached in this study (`is_result`; Optuna's
     ``best_value`` would count trials a warm start copied from elsewhere), or None."""
     values = [
         float(trial.value)
         for trial in trials
-        if trial.state is TrialState.COMPLETE and COPIED_FROM not in trial.user_attrs
+        if is_result(trial) and COPIED_FROM not in trial.user_attrs
     ]
     if not values:
         return None
@@ -190,9 +225,9 @@ class RankedConfig:
 
 def counts_as_seed(run: FrozenTrial, stale: set[int]) -> bool:
     """Whether a finished confirmation run says how its configuration does on a fresh seed:
-    it completed, or it failed on its own (diverged), not because its worker died (`stale`:
+    it completed or diverged, or it failed on its own, not because its worker died (`stale`:
     the trials that have a retry) or was stopped."""
-    if run.state is TrialState.COMPLETE:
+    if run.state is TrialState.COMPLETE:  # a result, or diverged (see `diverged`)
         return True
     reason = str(run.user_attrs.get("fail_reason", ""))
     return (
@@ -216,14 +251,14 @@ def rank_configurations(
     stale = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
     ranked = []
     for trial in trials:
-        if trial.state is not TrialState.COMPLETE or not is_search_trial(trial):
+        if not is_result(trial) or not is_search_trial(trial):
             continue
         confirming = [run for run in runs.get(trial.number, []) if counts_as_seed(run, stale)]
         ranked.append(
             RankedConfig(
                 trial,
-                tuple(float(run.value) for run in confirming if run.state is TrialState.COMPLETE),
-                sum(run.state is not TrialState.COMPLETE for run in confirming),
+                tuple(float(run.value) for run in confirming if is_result(run)),
+                sum(not is_result(run) for run in confirming),
             )
         )
     sign = direction_sign(direction)

@@ -95,7 +95,8 @@ class StackedTrials:
         self._params: dict[str, Tensor] = {}
         self._optimizer: VectorizedOptimizer | None = None
         # Per-trial tensors, one row each: data order, position in the epoch, steps taken,
-        # learning-rate table, clipping threshold (inf: none) and the epoch's summed loss.
+        # learning-rate table, clipping threshold (inf: none), the epoch's summed loss and
+        # the loss at the trial's first step (for the divergence rule).
         self._tensors: dict[str, Tensor] = {}
         self._step_grads = vmap(grad_and_value(self._trial_loss))
 
@@ -140,6 +141,7 @@ class StackedTrials:
                 rate=torch.tensor(rates, dtype=torch.float64),
                 max_norm=torch.tensor(config.max_grad_norm or math.inf),
                 loss_sum=torch.zeros((), dtype=torch.float64),
+                start_loss=torch.tensor(math.nan, dtype=torch.float64),
             )
         except BaseException:  # out of memory part-way: drop the part-added row
             self._select(list(range(len(self._rows))))
@@ -179,6 +181,7 @@ class StackedTrials:
         rates = t["rate"].gather(1, t["step"][:, None]).squeeze(1)
         self._optimizer.step(list(self._params.values()), grads, rates)
         t["loss_sum"] += losses.detach().double()
+        t["start_loss"] = torch.where(t["step"] == 0, losses.detach().double(), t["start_loss"])
         t["position"] += 1
         t["step"] += 1
         per_epoch = self._template.steps_per_epoch()
@@ -208,7 +211,8 @@ class StackedTrials:
             t["order"][index] = self._permutation(row.order)
             t["position"][index] = 0
             t["loss_sum"][index] = 0
-        return EpochResult(train_loss, parameter_norm(weights.values()), metrics, rate)
+        start_loss = float(t["start_loss"][index])
+        return EpochResult(train_loss, parameter_norm(weights.values()), metrics, rate, start_loss)
 
     def _start(self, trainable: MiniBatchTask) -> None:
         """Take the workload's data and model shape from the first trial stacked."""

@@ -57,6 +57,12 @@ def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.Ba
         )
     if name in ("random", "grid"):  # grid: claim_trial fixes the optimizer
         return optuna.samplers.RandomSampler(seed=seed)
+    # CMA-ES, QMC and GP model the parameters every trial shares with one distribution
+    # (tuner.space samples a knob whose range differs per optimizer as its position in range
+    # so that the learning rate is always one of them) and sample the knobs only some
+    # optimizers have, and CMA-ES the optimizer itself, independently, by design (README:
+    # how samplers see the space). They would warn about that for every such knob of every
+    # trial, so they are told not to.
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(
             seed=seed, n_startup_trials=startup, warn_independent_sampling=False

@@ -25,6 +25,7 @@ What came from where is printed, and kept in the study's user attribute ``warm_s
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,13 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.errors import SpecError, StudyNotFoundError
-from tuner.results import COPIED_FROM, WARM_START, is_search_trial, rank_configurations
+from tuner.results import (
+    COPIED_FROM,
+    WARM_START,
+    is_search_trial,
+    rank_configurations,
+    trial_config,
+)
 from tuner.space import sample_config
 from tuner.spec import StudySpec
 from tuner.storage import OUTSIDE_BUDGET_KEY
@@ -156,12 +163,24 @@ def misfit(trial: FrozenTrial, spec: StudySpec, *, exact: bool) -> str | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FixedTrial warns of values out of range: judged below
         try:
-            sample_config(fixed, spec)  # type: ignore[arg-type]
+            here_config = sample_config(fixed, spec)  # type: ignore[arg-type]
         except ValueError as error:  # a parameter this space needs, or an unknown choice
             return str(error).split(". Please")[0]
     extra = sorted(set(trial.params) - set(fixed.distributions))
     if extra:
         return f"{extra[0]} is not searched here"
+    # A knob sampled as its position in the optimizer's range (tuner.space) has the same
+    # distribution in both studies even where the range differs: the configuration decides.
+    there_config = trial_config(trial)
+    if there_config is not None:
+        for name in ("learning_rate", "momentum", "weight_decay"):
+            there, here = getattr(there_config, name), getattr(here_config, name)
+            if there != here and not (there and here and math.isclose(there, here)):
+                return f"{name} {there} there would be {here} here (its range differs)"
+        for name, there in there_config.hyperparameters.items():
+            here = here_config.hyperparameters.get(name)
+            if isinstance(there, float) and not (here and math.isclose(there, here)):
+                return f"{name} {there} there would be {here} here (its range differs)"
     for name, here in fixed.distributions.items():
         there = trial.distributions[name]
         if exact and here != there:

@@ -14,6 +14,7 @@ ask/tell this loop does both.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -27,11 +28,13 @@ from typing import Literal, Protocol
 
 import optuna
 import torch
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from tuner import study as studies
 from tuner.artifacts import LearningCurveRecorder, TrialRecorder
 from tuner.config import TrainingConfig
+from tuner.results import DIVERGED_ATTR
 from tuner.space import sample_config
 from tuner.spec import StudySpec
 from tuner.stacked import StackedTrials, can_stack, stack_key
@@ -157,13 +160,14 @@ class _Alone:
 
 def settle(run: Callable[[], float]) -> tuple[TrialState, float | None, str | None]:
     """Run the part of a trial that may end it and say how it went: COMPLETE with the value,
-    PRUNED, or FAIL with the reason. Ctrl-C and cancellation propagate."""
+    PRUNED, PRUNED with the reason it diverged (see `_finish`), or FAIL with the reason.
+    Ctrl-C and cancellation propagate."""
     try:
         return TrialState.COMPLETE, run(), None
     except optuna.TrialPruned:
         return TrialState.PRUNED, None, None
     except TrialDiverged as error:
-        return TrialState.FAIL, None, str(error)
+        return TrialState.PRUNED, None, str(error)
     except Exception as error:
         logger.error("trial failed:\n%s", traceback.format_exc())
         return TrialState.FAIL, None, f"{type(error).__name__}: {error}"
@@ -317,8 +321,24 @@ def _finish(
         "wall_seconds": round(time.monotonic() - slot.started, 4),
         "curve": record.curve,
     }
-    if reason:
+    if reason and state is TrialState.PRUNED:
+        # A diverged trial is information for the sampler, not a crash: Optuna's samplers
+        # skip FAIL trials, so TPE kept proposing the region that diverges, and GP and CMA-ES
+        # learn from COMPLETE trials only (told as PRUNED, GP proposed one diverging
+        # configuration for the rest of a budget). So it is told COMPLETE with the worst
+        # value there is (+inf when minimising, -inf when maximising) and marked infeasible
+        # with Optuna's per-trial constraint: TPE ranks infeasible trials below every feasible
+        # one, GP models the constraint and clips the infinite value to the worst finite one,
+        # CMA-ES ranks it last. Optuna's best_trial and importances, and tuner's results
+        # (tuner.results.completed), skip it by its constraint, its infinite value and the
+        # "diverged" attribute that users see it by.
+        state = TrialState.COMPLETE
+        value = math.inf if study.direction == StudyDirection.MINIMIZE else -math.inf
+        attributes[DIVERGED_ATTR] = reason
+    elif reason:
         attributes["fail_reason"] = reason
+    if state is not TrialState.FAIL:  # GP wants the constraint on every trial it reads
+        trial.set_constraint("diverged", 1.0 if DIVERGED_ATTR in attributes else 0.0)
     # Before tell: a finished trial takes no more attributes.
     recorder.record(trial, state, record.curve, attributes["wall_seconds"])
     try:
@@ -357,6 +377,7 @@ def run_worker(
     stream: int = 0,
     recorder: TrialRecorder | None = None,
     run: str | None = None,
+    stop: Callable[[optuna.Study], bool] | None = None,
 ) -> WorkerSummary:
     """Train trials of the spec's study until its budget or wall time (`timeout`) ends.
 
@@ -378,6 +399,8 @@ def run_worker(
             curve as an artifact, `tuner.artifacts.LearningCurveRecorder`).
         run: the run this worker is part of, the prefix of its workers' names: `timeout`
             counts from the first trial any of them started (default: this worker's).
+        stop: asked before each claim; once it returns True no more trials are claimed
+            (bench/search_efficiency.py stops a study once some trial reaches its target).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads:
@@ -406,6 +429,9 @@ def run_worker(
                     optuna.storages.fail_stale_trials(study)
                     swept = now
                 claiming = deadline is None or time.time() < deadline
+                if claiming and len(running) < capacity and now >= next_claim and stop:
+                    claiming = not stop(study)
+                    next_claim = now if claiming else now + IDLE_POLL_SECONDS
                 if claiming and len(running) < capacity and now >= next_claim:
                     trial = studies.claim_trial(study, spec)
                     if trial is not None:

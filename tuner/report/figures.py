@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.display import format_value
 from tuner.importance import ParameterImportances, spans_decades
 from tuner.report.snapshot import StudySnapshot
-from tuner.results import count_sentence, trial_config, trial_optimizer
+from tuner.results import count_sentence, diverged, trial_config, trial_optimizer
 from tuner.space import knob_name, sampled_scales
 
 FIGURE_DPI = 100
@@ -143,7 +143,7 @@ def history(snapshot: StudySnapshot, colours: dict[str, Any], path: Path) -> Pat
     figure, (axes,) = new_figure(9.0, 4.8)
     complete = snapshot.complete
     pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
-    failed = [t for t in trials if t.state == TrialState.FAIL]
+    failed = [t for t in trials if t.state == TrialState.FAIL or diverged(t)]
     for name, colour in colours.items():
         mine = [t for t in complete if trial_optimizer(t) == name]
         if mine:
@@ -185,7 +185,7 @@ def history(snapshot: StudySnapshot, colours: dict[str, Any], path: Path) -> Pat
             label="best so far",
         )
     if failed:
-        # A failed trial has no value: a red mark on the top edge, at its trial number.
+        # A failed or diverged trial has no value to plot: a red mark on the top edge.
         edge = blended_transform_factory(axes.transData, axes.transAxes)
         axes.scatter(
             [t.number for t in failed],
@@ -195,7 +195,7 @@ def history(snapshot: StudySnapshot, colours: dict[str, Any], path: Path) -> Pat
             s=36,
             transform=edge,
             clip_on=False,
-            label=f"failed ({len(failed)}, no value)",
+            label=f"diverged or failed ({len(failed)}, no value)",
         )
     if spans_decades(plotted):
         axes.set_yscale("log")

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.display import format_value
 from tuner.report.figures import curve, lr_note, new_figure, optimizer_label, save
 from tuner.report.snapshot import StudySnapshot
-from tuner.results import trial_optimizer
+from tuner.results import diverged, trial_optimizer
 from tuner.workloads.landscapes import SURFACES
 
 #: A grid study with at most this many complete trials draws every trial's path, not only
@@ -177,7 +177,7 @@ def _landscape_1d(
         left.axvline(barrier, color="0.5", linestyle=":", linewidth=1)
         right.axhline(barrier, color="0.5", linestyle=":", linewidth=1)
     span = fs.max() - fs.min()
-    failed = [t for t in trials if t.state == TrialState.FAIL]
+    failed = [t for t in trials if t.state == TrialState.FAIL or diverged(t)]
     names = [n for n in colours if any(trial_optimizer(t) == n for t in [*chosen, *failed])]
     for row, optimizer in enumerate(names):
         colour = colours[optimizer]
@@ -189,7 +189,7 @@ def _landscape_1d(
             label += f": {deep} of {len(ends)} end in the deep well"
         lost = sum(1 for t in failed if trial_optimizer(t) == optimizer)
         if lost:
-            label += f", {lost} diverged (failed)"
+            label += f", {lost} diverged or failed"
         if len(ends):
             with torch.no_grad():
                 on_curve = surface(torch.from_numpy(ends)[None, :]).numpy()

@@ -18,7 +18,14 @@ from optuna.trial import TrialState
 from tuner.display import describe_config, describe_ranked, format_value
 from tuner.importance import ParameterImportances
 from tuner.report.snapshot import StudySnapshot
-from tuner.results import count_sentence, states_by_optimizer, trial_config, trial_optimizer
+from tuner.results import (
+    FINISHED_OUTCOMES,
+    count_sentence,
+    diverged,
+    states_by_optimizer,
+    trial_config,
+    trial_optimizer,
+)
 from tuner.space import knob_name, sampled_scales
 from tuner.storage_urls import mask_url
 
@@ -131,9 +138,7 @@ def _per_optimizer(snapshot: StudySnapshot) -> str:
                 format_value(trial.value if trial else None),
                 trial.number if trial else "—",
                 f"{config.learning_rate:.4g}" if config else "—",
-                states[TrialState.COMPLETE],
-                states[TrialState.PRUNED],
-                states[TrialState.FAIL],
+                *[states[name] for name in FINISHED_OUTCOMES],
                 describe_ranked(snapshot.ranked_by_optimizer[optimizer]) if trial else "—",
             ]
         )
@@ -143,9 +148,7 @@ def _per_optimizer(snapshot: StudySnapshot) -> str:
             f"best {metric}",
             "trial",
             "learning rate",
-            "complete",
-            "pruned",
-            "failed",
+            *FINISHED_OUTCOMES,
             "fresh seeds",
         ],
         rows,
@@ -219,11 +222,11 @@ def _top_trials(snapshot: StudySnapshot) -> list[str]:
         )
     )
     reasons = [
-        [t.number, trial_optimizer(t) or "—", t.user_attrs["fail_reason"]]
+        [t.number, trial_optimizer(t) or "—", diverged(t) or t.user_attrs["fail_reason"]]
         for t in snapshot.trials
-        if t.state == TrialState.FAIL and "fail_reason" in t.user_attrs
+        if diverged(t) or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
     ]
     if reasons:
-        parts.append(f"<h2>Failed trials ({len(reasons)})</h2>")
+        parts.append(f"<h2>Diverged and failed trials ({len(reasons)})</h2>")
         parts.append(_table(["trial", "optimizer", "reason"], reasons[:50]))
     return parts
