@@ -112,6 +112,7 @@ def _hits(values: list[int | None]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="to split seeds over runs")
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument(
@@ -137,7 +138,7 @@ def main() -> None:
         found = [spent[kind][target][-1] for target in targets]
         print(f"seed {seed}: {kind} study {found} epochs ({seconds:.0f} s)")
 
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         first = bench_spec(f"cold-{seed}", seed, args.trials, args.epochs, [], args.confirm)
         study, seconds = run_study(first, url)
         measure("cold", study, seconds)
