@@ -150,7 +150,7 @@ def test_best_per_optimizer_in_rank_order(sqlite_url: str) -> None:
     assert list(ranked_by_optimizer(study.trials, study.direction)) == ["adam", "sgd"]
     states = states_by_optimizer(study.trials, best)
     assert list(states) == ["adam", "sgd", "lion"]  # best first, then those never complete
-    assert states["lion"][TrialState.FAIL] == 1 and states["sgd"][TrialState.COMPLETE] == 2
+    assert states["lion"]["failed"] == 1 and states["sgd"]["complete"] == 2
 
 
 def test_the_trial_count_sentence() -> None:

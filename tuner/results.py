@@ -129,9 +129,12 @@ def count_states(trials: Iterable[FrozenTrial]) -> dict[TrialState, int]:
 
 #: What became of trials, in words, in the order views say them: a diverged trial (stored as
 #: COMPLETE and infeasible so that samplers learn from it) is counted as diverged, never as
-#: complete. The first four are always said, the last two when there are any.
-OUTCOMES = ("complete", "pruned", "diverged", "failed", "running", "waiting")
-FINISHED_OUTCOMES = OUTCOMES[:4]
+#: complete.
+OUTCOMES = ("running", "complete", "pruned", "diverged", "failed", "waiting")
+#: The outcomes of finished trials: the columns of the summary and report tables.
+FINISHED_OUTCOMES = ("complete", "pruned", "diverged", "failed")
+#: The outcomes every count says, even at 0 (the others only when there are any).
+ALWAYS_SAID = ("complete", "pruned", "failed")
 
 
 def outcome(trial: FrozenTrial) -> str:
@@ -151,10 +154,10 @@ def count_outcomes(trials: Iterable[FrozenTrial]) -> dict[str, int]:
 
 def count_sentence(trials: Sequence[FrozenTrial]) -> str:
     """The trial count in words, as every view says it: "16 trials: 12 complete, 0 pruned,
-    1 diverged, 3 failed" (the finished outcomes always; running and waiting when any)."""
+    1 diverged, 3 failed" (complete, pruned and failed always; the others when any)."""
     counts = count_outcomes(trials)
     said = ", ".join(
-        f"{counts[name]} {name}" for name in OUTCOMES if counts[name] or name in FINISHED_OUTCOMES
+        f"{counts[name]} {name}" for name in OUTCOMES if counts[name] or name in ALWAYS_SAID
     )
     return f"{len(trials)} trial{'' if len(trials) == 1 else 's'}: {said}"
 
