@@ -55,7 +55,7 @@ def bench_spec(
 
 def epochs_to_target(study: optuna.Study, metric: str, target: float) -> int | None:
     """Epochs the study trained, in trial order, until a trial first reached `target`."""
-    from tuner.results import is_search_trial
+    from tuner.results import diverged, is_search_trial
 
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     spent = 0
@@ -68,7 +68,7 @@ def epochs_to_target(study: optuna.Study, metric: str, target: float) -> int | N
             value = point[metric]
             if (value >= target) if maximize else (value <= target):
                 return spent
-        if str(trial.user_attrs.get("fail_reason", "")).startswith("diverged"):
+        if diverged(trial):
             spent += 1  # the epoch it diverged in was trained too
     return None
 

@@ -165,12 +165,13 @@ def count_sentence(trials: Sequence[FrozenTrial]) -> str:
 def states_by_optimizer(
     trials: Iterable[FrozenTrial], best: Mapping[str, FrozenTrial]
 ) -> dict[str, dict[str, int]]:
-    """How many trials of each optimizer type had each outcome (OUTCOMES); the types in
-    `best`'s order (best first), then those with no complete trial, by name."""
+    """How many search trials (`is_search_trial`) of each optimizer type had each outcome
+    (OUTCOMES); the types in `best`'s order (best first), then those with no complete trial,
+    by name."""
     counts: dict[str, dict[str, int]] = {}
     for trial in trials:
         name = trial_optimizer(trial)
-        if name is not None:
+        if name is not None and is_search_trial(trial):
             counts.setdefault(name, dict.fromkeys(OUTCOMES, 0))[outcome(trial)] += 1
     order = [*best, *sorted(set(counts) - set(best))]
     return {name: counts.get(name, dict.fromkeys(OUTCOMES, 0)) for name in order}
