@@ -54,8 +54,8 @@ def bench_spec(name: str, trials: int, storage: str | None = None) -> Any:
 
 
 def _plain_worker(name: str, url: str, trials: int) -> None:
+    from tuner.samplers import make_sampler
     from tuner.space import sample_config
-    from tuner.study import make_sampler
 
     spec = bench_spec(name, trials)
 

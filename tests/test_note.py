@@ -1,4 +1,5 @@
-"""The study note renders every fact from its registry entry: schedules, data sets, Lookahead."""
+"""Validation checks names against the registries' keys, and the study note renders every fact
+from its entry: schedules, data sets, samplers, pruners, Lookahead."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import pytest
 
 from tests.specs import build_spec
 from tuner.datasets import DATASETS
+from tuner.errors import SpecError
 from tuner.importance import MIN_TRIALS
 from tuner.note import study_note
+from tuner.pruners import PRUNERS
+from tuner.samplers import SAMPLERS
 from tuner.schedules import SCHEDULES
 from tuner.space import LOOKAHEAD_ALPHA, LOOKAHEAD_K
-from tuner.spec import StudySpec
+from tuner.spec import PrunerSpec, SamplerSpec, StudySpec
 
 
 def cnn_spec(dataset: str, **search: object) -> StudySpec:
@@ -42,3 +46,30 @@ def test_lookahead_ranges_and_the_importance_minimum_come_from_their_homes() -> 
     assert f"shown once the study has {MIN_TRIALS} complete trials" in note
     # momentum is searched on its transformed scale, which the note names once per knob.
     assert "(searched as `one_minus_momentum`, log-uniform)" in note
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_is_described_from_its_entry(name: str) -> None:
+    spec = cnn_spec("digits").model_copy(update={"sampler": SamplerSpec(name=name)})
+    note = study_note(spec)
+    assert f"- Sampler: {SAMPLERS[name].description}" in note
+    startup = f"after {spec.sampler.n_startup_trials} random startup trials" in note
+    assert startup is SAMPLERS[name].startup
+
+
+@pytest.mark.parametrize("name", list(PRUNERS))
+def test_every_pruner_is_described_from_its_entry(name: str) -> None:
+    spec = cnn_spec("digits").model_copy(update={"pruner": PrunerSpec(name=name)})
+    assert f"- Pruner: {PRUNERS[name].describe(spec)}" in study_note(spec)
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "known"),
+    [("sampler", "tpx", SAMPLERS), ("pruner", "hyperbnd", PRUNERS)],
+)
+def test_an_unknown_name_is_refused_naming_the_registry_keys(
+    section: str, name: str, known: dict
+) -> None:
+    with pytest.raises(SpecError, match=f"unknown {section} '{name}'; known: ") as refused:
+        build_spec(**{section: {"name": name}})
+    assert ", ".join(known) in str(refused.value)

@@ -11,6 +11,8 @@ from optuna.trial import TrialState
 
 from tuner import study as studies
 from tuner.errors import SpecError
+from tuner.pruners import make_pruner
+from tuner.samplers import make_sampler
 from tuner.spec import StudySpec
 from tuner.storage import UNCOUNTED_KEYS, open_storage
 
@@ -40,14 +42,14 @@ def test_the_first_worker_of_a_new_study_keeps_the_specs_seed() -> None:
 def test_each_sampler_name_builds_its_optuna_sampler(
     name: str, kind: type, make_spec: MakeSpec
 ) -> None:
-    assert type(studies.make_sampler(make_spec(sampler={"name": name}))) is kind
+    assert type(make_sampler(make_spec(sampler={"name": name}))) is kind
 
 
 def test_the_same_seed_samples_the_same_parameters(make_spec: MakeSpec) -> None:
     spec = make_spec(sampler={"name": "random"}, seed=11)
 
     def draws(seed: int | None) -> list[float]:
-        study = optuna.create_study(sampler=studies.make_sampler(spec, seed))
+        study = optuna.create_study(sampler=make_sampler(spec, seed))
         return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
 
     assert draws(None) == draws(11) != draws(12)
@@ -66,7 +68,7 @@ def test_the_same_seed_samples_the_same_parameters(make_spec: MakeSpec) -> None:
 def test_each_pruner_name_builds_its_optuna_pruner(
     pruner: dict, kind: type, make_spec: MakeSpec
 ) -> None:
-    assert type(studies.make_pruner(make_spec(pruner=pruner))) is kind
+    assert type(make_pruner(make_spec(pruner=pruner))) is kind
 
 
 def test_a_new_study_records_its_spec_metric_and_note(sqlite_url: str, make_spec: MakeSpec) -> None:

@@ -14,23 +14,14 @@ from typing import TYPE_CHECKING
 import optuna
 
 from tuner.importance import MIN_TRIALS
+from tuner.pruners import PRUNERS
+from tuner.samplers import SAMPLERS
 from tuner.schedules import SCHEDULES
 from tuner.space import COMPLEMENT_PREFIX, LOOKAHEAD_ALPHA, LOOKAHEAD_K
 
 if TYPE_CHECKING:
     from tuner.optimizers import Knob
     from tuner.spec import StudySpec
-
-_SAMPLERS = {
-    "tpe": "multivariate TPE, grouped over the conditional space, with constant liar for "
-    "parallel workers",
-    "random": "random sampling",
-    "cmaes": "CMA-ES",
-    "qmc": "quasi-Monte Carlo (Sobol)",
-    "gp": "Gaussian-process Bayesian optimisation",
-    "grid": "grid over optimizers: trial i trains optimizer i mod n, the other parameters "
-    "sampled at random",
-}
 
 
 def _number(value: float) -> str:
@@ -159,30 +150,12 @@ def _search_lines(spec: StudySpec) -> list[str]:
 
 
 def _pruner_line(spec: StudySpec) -> str:
-    pruner, epochs = spec.pruner, spec.budget.epochs
-    if pruner.name == "hyperband":
-        what = (
-            f"Hyperband over epochs (min resource {pruner.min_resource}, max {epochs}, "
-            f"reduction factor {pruner.reduction_factor})"
-        )
-    elif pruner.name == "successive_halving":
-        what = (
-            f"successive halving over epochs (min resource {pruner.min_resource}, "
-            f"reduction factor {pruner.reduction_factor})"
-        )
-    elif pruner.name == "median":
-        what = (
-            f"median rule (after {pruner.n_startup_trials} startup trials and "
-            f"{pruner.n_warmup_steps} warm-up epochs)"
-        )
-    elif pruner.name == "wilcoxon":
-        what = f"Wilcoxon signed-rank test (after {pruner.n_warmup_steps} startup epochs)"
-    else:
-        return "- Pruner: none; every trial trains all its epochs."
-    return (
-        f"- Pruner: {what}; decided after each epoch from the values in storage, never after "
-        "a trial's last epoch."
-    )
+    pruner = PRUNERS[spec.pruner.name]
+    line = f"- Pruner: {pruner.describe(spec)}"
+    if pruner.prunes:
+        line += "; decided after each epoch from the values in storage, never after a trial's "
+        line += "last epoch"
+    return line + "."
 
 
 def study_note(spec: StudySpec) -> str:
@@ -192,8 +165,8 @@ def study_note(spec: StudySpec) -> str:
         budget.append(f"{spec.budget.trials} trials")
     if spec.budget.timeout_seconds is not None:
         budget.append(f"{_number(spec.budget.timeout_seconds)} s of wall time")
-    sampler = _SAMPLERS[spec.sampler.name]
-    if spec.sampler.name in ("tpe", "cmaes", "gp"):
+    sampler = SAMPLERS[spec.sampler.name].description
+    if SAMPLERS[spec.sampler.name].startup:
         sampler += f", after {spec.sampler.n_startup_trials} random startup trials"
     lines = [f"# {spec.name}", ""]
     if spec.description:

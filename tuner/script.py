@@ -69,15 +69,13 @@ def current_trial() -> Trial:
             "this script through a study file with [workload] command = [...] and `tuner run`"
         )
     handed = json.loads(raw)
-    from tuner import study as studies
+    from tuner.pruners import make_pruner
     from tuner.storage import open_storage
 
     storage = open_storage(handed["storage"])  # no heartbeat here: the worker beats for it
     study_id = storage.get_study_id_from_name(handed["study"])
     spec = parse_spec(storage.get_study_user_attrs(study_id)["spec"], f"study {handed['study']}")
-    study = optuna.load_study(
-        study_name=spec.name, storage=storage, pruner=studies.make_pruner(spec)
-    )
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
     record = TrainingRecord()
     _current = Trial(
         optuna.Trial(study, handed["trial_id"]),

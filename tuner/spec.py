@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuner.errors import SpecError
 from tuner.optimizers import KNOB_SCALES, REGISTRY, Knob, OptimizerSpec, import_target, knob
+from tuner.pruners import PRUNERS
+from tuner.samplers import SAMPLERS
 from tuner.schedules import SCHEDULES
 
 Direction = Literal["minimize", "maximize"]
@@ -36,6 +38,13 @@ SEED_LIMIT = 2**32
 def bounds(value: float | tuple[float, float]) -> tuple[float, float]:
     """A setting given as a number or a [low, high] range, as a range (a number: low = high)."""
     return value if isinstance(value, tuple) else (value, value)
+
+
+def _registered(concept: str, name: str, registry: Mapping[str, Any]) -> str:
+    """`name` if the registry has it; else ValueError naming the ones it has."""
+    if name not in registry:
+        raise ValueError(f"unknown {concept} {name!r}; known: {', '.join(registry)}")
+    return name
 
 
 class _Model(BaseModel):
@@ -98,10 +107,7 @@ class SearchSpec(_Model):
     @field_validator("schedules")
     @classmethod
     def _known_schedules(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in SCHEDULES]
-        if unknown:
-            raise ValueError(f"unknown schedule {unknown[0]!r}; known: {', '.join(SCHEDULES)}")
-        return value
+        return [_registered("schedule", name, SCHEDULES) for name in value]
 
     @field_validator("batch_sizes")
     @classmethod
@@ -166,18 +172,28 @@ class SamplerSpec(_Model):
     ``trials = n × repeats`` repeats each with new seeds), other parameters sampled at random.
     """
 
-    name: Literal["tpe", "random", "cmaes", "qmc", "gp", "grid"] = "tpe"
+    name: str = "tpe"
     n_startup_trials: Int = Field(default=10, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _registered("sampler", name, SAMPLERS)
 
 
 class PrunerSpec(_Model):
     """Optuna pruner; Hyperband by default (Li et al. 2018; Optuna's advice with TPE)."""
 
-    name: Literal["hyperband", "median", "successive_halving", "wilcoxon", "none"] = "hyperband"
+    name: str = "hyperband"
     min_resource: Int = Field(default=1, gt=0)
     reduction_factor: Int = Field(default=3, gt=1)
     n_startup_trials: Int = Field(default=5, ge=0)
     n_warmup_steps: Int = Field(default=1, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _registered("pruner", name, PRUNERS)
 
 
 class ExecutionSpec(_Model):

@@ -19,6 +19,8 @@ import optuna
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 
 from tuner.errors import SpecError
+from tuner.pruners import make_pruner
+from tuner.samplers import make_sampler
 from tuner.spec import StudySpec
 from tuner.storage import UNCOUNTED_KEYS, rdb_backend
 from tuner.storage_urls import mask_url
@@ -42,58 +44,6 @@ def sampler_seed(seed: int, stream: int, trials_before: int) -> int:
     if stream == 0 and trials_before == 0:
         return seed
     return int(numpy.random.SeedSequence([seed, stream, trials_before]).generate_state(1)[0])
-
-
-def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded (with the spec's seed unless another is given); TPE is
-    multivariate with constant liar for parallel workers."""
-    name, startup = spec.sampler.name, spec.sampler.n_startup_trials
-    seed = spec.seed if seed is None else seed
-    if name == "tpe":
-        # group=True: multivariate TPE over a conditional space models each optimizer's
-        # parameters together instead of falling back to independent sampling.
-        return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
-        )
-    if name in ("random", "grid"):  # grid: claim_trial fixes the optimizer
-        return optuna.samplers.RandomSampler(seed=seed)
-    # CMA-ES, QMC and GP model the parameters every trial shares with one distribution
-    # (tuner.space samples a knob whose range differs per optimizer as its position in range
-    # so that the learning rate is always one of them) and sample the knobs only some
-    # optimizers have, and CMA-ES the optimizer itself, independently, by design (README:
-    # how samplers see the space). They would warn about that for every such knob of every
-    # trial, so they are told not to.
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(
-            seed=seed, n_startup_trials=startup, warn_independent_sampling=False
-        )
-    if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.GPSampler(
-        seed=seed, n_startup_trials=startup, warn_independent_sampling=False
-    )
-
-
-def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The spec's pruner; resources are epochs."""
-    pruner = spec.pruner
-    if pruner.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=pruner.min_resource,
-            max_resource=spec.budget.epochs,
-            reduction_factor=pruner.reduction_factor,
-        )
-    if pruner.name == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=pruner.n_startup_trials, n_warmup_steps=pruner.n_warmup_steps
-        )
-    if pruner.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=pruner.min_resource, reduction_factor=pruner.reduction_factor
-        )
-    if pruner.name == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(n_startup_steps=pruner.n_warmup_steps)
-    return optuna.pruners.NopPruner()
 
 
 def load(spec: StudySpec, storage: optuna.storages.BaseStorage, stream: int = 0) -> optuna.Study:

@@ -1,0 +1,95 @@
+"""The samplers a study file may name: each entry builds its Optuna sampler and says what it is.
+
+Adding a sampler is one entry in `SAMPLERS`: ``[sampler] name`` is checked against its keys, and
+the study note renders the entry's description.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import optuna
+
+if TYPE_CHECKING:
+    from tuner.spec import StudySpec
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One registry entry.
+
+    Attributes:
+        description: one line, for the study note.
+        build: the Optuna sampler for a study, given the seed to use.
+        startup: whether it samples ``[sampler] n_startup_trials`` trials at random first.
+    """
+
+    description: str
+    build: Callable[[StudySpec, int], optuna.samplers.BaseSampler]
+    startup: bool = False
+
+
+def _tpe(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    # group=True: multivariate TPE over a conditional space models each optimizer's
+    # parameters together instead of falling back to independent sampling.
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=spec.sampler.n_startup_trials,
+        multivariate=True,
+        group=True,
+        constant_liar=True,
+    )
+
+
+def _random(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+# CMA-ES, QMC and GP model the parameters every trial shares with one distribution
+# (tuner.space samples a knob whose range differs per optimizer as its position in range
+# so that the learning rate is always one of them) and sample the knobs only some
+# optimizers have, and CMA-ES the optimizer itself, independently, by design (README:
+# how samplers see the space). They would warn about that for every such knob of every
+# trial, so they are told not to.
+def _cmaes(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.CmaEsSampler(
+        seed=seed, n_startup_trials=spec.sampler.n_startup_trials, warn_independent_sampling=False
+    )
+
+
+def _qmc(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+
+
+def _gp(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(
+        seed=seed, n_startup_trials=spec.sampler.n_startup_trials, warn_independent_sampling=False
+    )
+
+
+#: The samplers, by the name study files use; ``tpe`` is the default.
+SAMPLERS: dict[str, Sampler] = {
+    "tpe": Sampler(
+        "multivariate TPE, grouped over the conditional space, with constant liar for "
+        "parallel workers",
+        _tpe,
+        startup=True,
+    ),
+    "random": Sampler("random sampling", _random),
+    "cmaes": Sampler("CMA-ES", _cmaes, startup=True),
+    "qmc": Sampler("quasi-Monte Carlo (Sobol)", _qmc),
+    "gp": Sampler("Gaussian-process Bayesian optimisation", _gp, startup=True),
+    # The optimizer of trial i is fixed when the trial is claimed (tuner.study.claim_trial).
+    "grid": Sampler(
+        "grid over optimizers: trial i trains optimizer i mod n, the other parameters "
+        "sampled at random",
+        _random,
+    ),
+}
+
+
+def make_sampler(spec: StudySpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded with the spec's seed unless another is given."""
+    return SAMPLERS[spec.sampler.name].build(spec, spec.seed if seed is None else seed)
