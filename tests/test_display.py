@@ -96,9 +96,10 @@ def test_the_summary_names_the_best_each_optimizers_best_and_where_the_study_is(
         " ".join(text.split())
     )
     rows = [line.split() for line in text.splitlines()]
-    assert rows_of(rows, "adam")[:4] == ["adam", "0.2", "1", "1/0/0"]
-    assert rows_of(rows, "sgd")[:4] == ["sgd", "0.4", "0", "1/0/0"]
-    assert rows_of(rows, "lion")[:4] == ["lion", "—", "—", "0/0/1"]
+    # complete/pruned/diverged/failed
+    assert rows_of(rows, "adam")[:4] == ["adam", "0.2", "1", "1/0/0/0"]
+    assert rows_of(rows, "sgd")[:4] == ["sgd", "0.4", "0", "1/0/0/0"]
+    assert rows_of(rows, "lion")[:4] == ["lion", "—", "—", "0/0/0/1"]
     assert f"tuner best results --storage {sqlite_url}" in text.replace("\n", "")
 
 
