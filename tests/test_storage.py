@@ -13,11 +13,13 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from tuner import optuna_internals as internals
 from tuner import study as studies
 from tuner.errors import StorageError
 from tuner.spec import StudySpec
 from tuner.storage import (
-    ResilientRDBStorage,
+    FastRDBStorage,
+    RetryingRDBStorage,
     _is_transient,
     default_storage_path,
     mask_url,
@@ -80,10 +82,10 @@ def test_optuna_tools_read_our_studies(storage_url: str, study_name: str) -> Non
     assert storage.get_heartbeat_interval() is not None
 
 
-def _study(url: str, name: str, **heartbeat: Any) -> tuple[ResilientRDBStorage, int]:
+def _study(url: str, name: str, **heartbeat: Any) -> tuple[RetryingRDBStorage, int]:
     storage = open_storage(url, **heartbeat)
     study = optuna.create_study(study_name=name, storage=storage)
-    return storage, study._study_id
+    return storage, internals.study_id(study)
 
 
 def test_attributes_written_in_one_statement_are_what_optuna_writes(
@@ -118,7 +120,7 @@ def test_heartbeats_are_upserted_and_a_silent_trial_goes_stale(
     time.sleep(2.5)
     storage.record_heartbeat(beating)  # its second beat: inserted first, then updated
     storage.record_heartbeat(beating)
-    assert storage._get_stale_trial_ids(study_id) == [silent]
+    assert storage.stale_trial_ids(study_id) == [silent]
 
 
 def test_claims_spend_the_budget_in_order_and_retries_come_on_top(
@@ -130,7 +132,7 @@ def test_claims_spend_the_budget_in_order_and_retries_come_on_top(
     assert first.state == TrialState.RUNNING and first.datetime_start is not None
     # A retry of a dead worker's trial (WAITING, failed_trial) is claimed first, uncounted;
     # a trial enqueued by hand is claimed first too, and counts.
-    storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
+    storage.set_trial_state_values(internals.trial_id(first), TrialState.FAIL)
     retry = optuna.trial.create_trial(
         state=TrialState.WAITING, system_attrs={"failed_trial": 0}, params={}, distributions={}
     )
@@ -139,7 +141,7 @@ def test_claims_spend_the_budget_in_order_and_retries_come_on_top(
         study_id, template_trial=optuna.trial.create_trial(state=TrialState.WAITING)
     )
     claimed = [storage.claim_trial(study_id, 3) for _ in range(4)]
-    assert [trial._trial_id for trial in claimed[:2]] == [retry_id, enqueued_id]
+    assert [internals.trial_id(trial) for trial in claimed[:2]] == [retry_id, enqueued_id]
     assert claimed[0].system_attrs["failed_trial"] == 0
     assert claimed[2] is None and claimed[3] is None  # 0, 1 and the enqueued one: 3
     trials = storage.get_all_trials(study_id)
@@ -147,10 +149,10 @@ def test_claims_spend_the_budget_in_order_and_retries_come_on_top(
     assert [trial.state for trial in trials] == [TrialState.FAIL] + [TrialState.RUNNING] * 3
     # Every claimed trial has its heartbeat from the claim: a worker dying right after
     # claiming leaves a trial that goes stale.
-    assert storage._get_stale_trial_ids(study_id) == []
+    assert storage.stale_trial_ids(study_id) == []
     with storage.engine.connect() as connection:
         beating = connection.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))
-        assert {trial._trial_id for trial in trials[1:]} <= set(beating.scalars())
+        assert {internals.trial_id(trial) for trial in trials[1:]} <= set(beating.scalars())
 
 
 def test_a_claim_retried_after_its_commit_takes_no_second_trial(
@@ -164,24 +166,25 @@ def test_a_claim_retried_after_its_commit_takes_no_second_trial(
     )
     retry_id = storage.create_new_trial(study_id, template_trial=retry)
     committed_then_lost = []
+    one_attempt = FastRDBStorage.claim_trial
 
-    def claim_then_lose_the_answer(*args: Any) -> Any:
-        claimed = ResilientRDBStorage._claim(storage, *args)
+    def claim_then_lose_the_answer(self: RetryingRDBStorage, *args: Any) -> Any:
+        claimed = one_attempt(self, *args)
         if not committed_then_lost:
             committed_then_lost.append(claimed)
             lost = ConnectionError("server closed the connection unexpectedly")
             raise sqlalchemy.exc.OperationalError("COMMIT", {}, lost)
         return claimed
 
-    monkeypatch.setattr(storage, "_claim", claim_then_lose_the_answer)
+    monkeypatch.setattr(FastRDBStorage, "claim_trial", claim_then_lose_the_answer)
     monkeypatch.setattr("tuner.storage.RECONNECT_FIRST_DELAY", 0.01)
     for expected in (retry_id, None):  # the retry trial, then a new trial
         committed_then_lost.clear()
         claimed = storage.claim_trial(study_id, 5)
         assert committed_then_lost, "the fault was injected"
-        assert claimed._trial_id == committed_then_lost[0]._trial_id
+        assert internals.trial_id(claimed) == internals.trial_id(committed_then_lost[0])
         if expected is not None:
-            assert claimed._trial_id == expected
+            assert internals.trial_id(claimed) == expected
     trials = storage.get_all_trials(study_id)
     assert [trial.state for trial in trials] == [TrialState.RUNNING] * 2
     assert claimed.system_attrs == trials[1].system_attrs
@@ -260,35 +263,49 @@ def test_trials_read_in_one_statement_are_what_optuna_reads(
         trial.suggest_int("layers", 1, 9, step=2)
         trial.suggest_float("momentum", 0.0, 0.9, step=0.1)
         trial.set_user_attr("config", {"betas": [0.9, 0.999], "nesterov": None})
-        storage.set_trial_system_attr(trial._trial_id, "note", f"trial {index}")
+        storage.set_trial_system_attr(internals.trial_id(trial), "note", f"trial {index}")
         trial.report(float("nan") if index == 1 else 0.5 / (index + 1), 1)
         trial.report(float("inf") if index == 2 else -float("inf"), 2)
         if index < 4:
             study.tell(trial, [0.25 * index, float("inf"), -float("inf"), 1.0][index])
     study.enqueue_trial({"optimizer": "sgd"})
-    optuna_read = optuna.storages.RDBStorage._get_trials
+    optuna_read = internals.RDBStorageHooks.read_trials  # Optuna's own read
     theirs = optuna_read(storage, study_id, None, set(), -1)
-    ours = storage._get_trials(study_id, None, set(), -1)
+    ours = storage.read_trials(study_id, None, set(), -1)
     assert len(ours) == len(theirs) == 6
     assert all(_same_trial(a, b) for a, b in zip(ours, theirs, strict=True))
     # A study too large for one IN list is read in chunks of ids: the same trials.
     with monkeypatch.context() as patch:
         patch.setattr("tuner.storage._MAX_TRIAL_IDS", 4)
-        chunked = storage._get_trials(study_id, None, set(), -1)
+        chunked = storage.read_trials(study_id, None, set(), -1)
     assert len(chunked) == 6
     assert all(_same_trial(a, b) for a, b in zip(chunked, theirs, strict=True))
     for trial in theirs:
-        assert _same_trial(storage.get_trial(trial._trial_id), trial)
+        assert _same_trial(storage.get_trial(internals.trial_id(trial)), trial)
     # The refresh Optuna's trial cache makes: its unfinished trials and all after one id.
-    unfinished = {trial._trial_id for trial in theirs if not trial.state.is_finished()}
-    after = theirs[3]._trial_id
+    unfinished = {internals.trial_id(t) for t in theirs if not t.state.is_finished()}
+    after = internals.trial_id(theirs[3])
     for states in (None, (TrialState.RUNNING, TrialState.WAITING), (TrialState.COMPLETE,)):
         for included, last in ((unfinished, after), (set(), after), (unfinished, -1)):
             expected = optuna_read(storage, study_id, states, included, last)
-            got = storage._get_trials(study_id, states, included, last)
+            got = storage.read_trials(study_id, states, included, last)
             assert [t.number for t in got] == [t.number for t in expected]
             assert all(_same_trial(a, b) for a, b in zip(got, expected, strict=True))
     with pytest.raises(KeyError):
         storage.get_trial(max(unfinished) + 1000)
     with pytest.raises(KeyError):
-        storage._get_trials(study_id + 1000, None, set(), -1)
+        storage.read_trials(study_id + 1000, None, set(), -1)
+
+
+def test_every_call_that_reaches_the_database_is_retried() -> None:
+    """Each public storage method RDBStorage implements, ours, and those Optuna's trial cache
+    calls by private names, is overridden in RetryingRDBStorage's class body."""
+    rdb = optuna.storages.RDBStorage
+    public = {
+        name
+        for name in dir(optuna.storages.BaseStorage)
+        if not name.startswith("_") and name in vars(rdb)
+    } - {"check_trial_is_updatable", "remove_session"}
+    ours = {"set_trial_user_attrs", "record_heartbeat", "fail_trial", "silences", "claim_trial"}
+    hooks = set(internals.RDBStorageHooks.PRIVATE_CALLS.values())
+    assert public | ours | hooks <= set(vars(RetryingRDBStorage))

@@ -211,6 +211,9 @@ class ExecutionSpec(_Model):
     #: (its worker died) becomes FAIL and is retried once with the same parameters.
     heartbeat_seconds: Int = Field(default=5, ge=1)
     grace_seconds: Int = Field(default=20, ge=2)
+    #: How long the study's processes retry while the database is unreachable before they
+    #: stop (tuner.storage.RetryingRDBStorage; the default is its RECONNECT_SECONDS).
+    reconnect_seconds: Int = Field(default=120, ge=1)
 
     @model_validator(mode="after")
     def _grace_outlasts_heartbeat(self) -> ExecutionSpec:

@@ -1,9 +1,11 @@
-"""Where studies live: storage URL resolution and Optuna's RDBStorage with safe engine options.
+"""Where studies live: storage URL resolution and Optuna's RDBStorage, faster and retrying.
 
 One URL names the study database: the argument, else the spec's ``[execution] storage``, else
 ``TUNER_STORAGE``, else one SQLite file in the user's data folder, so every project on the
 machine finds the same studies. Optuna's schema is used as it is, so optuna-dashboard and the
-``optuna`` CLI read our studies.
+``optuna`` CLI read our studies. Two layers over Optuna's RDBStorage: FastRDBStorage does a
+worker's per-trial reads and writes in fewer statements; RetryingRDBStorage retries every
+call while the database is unreachable, and knows since when it has been.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Container
@@ -24,34 +27,38 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc
 from optuna.distributions import json_to_distribution
-from optuna.storages._rdb import models
-from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 
-from tuner.errors import StorageError
+from tuner import optuna_internals as internals
+from tuner.errors import StorageError, StorageUnreachableError
 from tuner.storage_urls import mask_url, sqlalchemy_url
 
 #: Seconds a SQLite writer waits for a lock before failing; long, because optuna-dashboard's
 #: polling and several workers share one file (optuna-dashboard issue 545).
 SQLITE_BUSY_TIMEOUT = 60
-#: How long a storage call keeps retrying while the database is unreachable (a PostgreSQL
-#: restart, a failover, a SQLite writer holding the lock), and its first and longest waits.
+#: How long storage calls keep retrying while the database is unreachable (a PostgreSQL
+#: restart, a failover, a SQLite writer holding the lock), counted from the first call that
+#: found it so; and the first and longest waits between tries.
 RECONNECT_SECONDS = 120.0
 RECONNECT_FIRST_DELAY = 0.25
 RECONNECT_MAX_DELAY = 8.0
 
 #: The system attribute naming the claim that took a trial (see claim_trial).
 CLAIM_TOKEN_KEY = "tuner:claim"
+#: The system attribute of a trial stopped for no fault of its own (Ctrl-C, its worker
+#: cancelled, the database gone): it is re-run (tuner.study.interrupt), and only the re-run
+#: counts against the budget.
+INTERRUPTED_KEY = "tuner:interrupted"
 #: System attributes that keep a trial out of the trial budget's count: a retry of a trial
-#: whose worker died (Optuna's ``failed_trial``), and trials tuner adds beyond the search
-#: (warm-start copies, confirmation runs: tuner.warm_start, tuner.confirmation).
+#: whose worker died (Optuna's ``failed_trial``), an interrupted trial, and trials tuner adds
+#: beyond the search (warm-start copies, confirmation runs: tuner.warm_start,
+#: tuner.confirmation).
 OUTSIDE_BUDGET_KEY = "tuner:outside_budget"
-UNCOUNTED_KEYS = ("failed_trial", OUTSIDE_BUDGET_KEY)
+UNCOUNTED_KEYS = ("failed_trial", INTERRUPTED_KEY, OUTSIDE_BUDGET_KEY)
 
 logger = logging.getLogger(__name__)
-_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
 #: PostgreSQL error classes that clear on their own: connection exception, transaction
@@ -75,48 +82,11 @@ def _is_transient(error: BaseException) -> bool:
     return sqlstate is None or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
 
 
-_Result = TypeVar("_Result")
-
-
-def _with_retries(call: Callable[[], _Result], name: str) -> _Result:
-    """`call()`, again with backoff while the database is unreachable, up to RECONNECT_SECONDS."""
-    delay, give_up = RECONNECT_FIRST_DELAY, time.monotonic() + RECONNECT_SECONDS
-    while True:
-        try:
-            return call()
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-            if not _is_transient(error) or time.monotonic() + delay > give_up:
-                raise
-            logger.warning(
-                "storage unreachable in %s (%s); retrying in %.2g s",
-                name,
-                type(error).__name__,
-                delay,
-            )
-            time.sleep(delay)
-            delay = min(2 * delay, RECONNECT_MAX_DELAY)
-
-
-def _retrying(method: _Method) -> _Method:
-    @functools.wraps(method)
-    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return _with_retries(lambda: method(self, *args, **kwargs), method.__name__)
-
-    return call  # type: ignore[return-value]
-
-
-class ResilientRDBStorage(optuna.storages.RDBStorage):
-    """Optuna's RDBStorage whose calls ride out a database restart, retrying with backoff, with
-    a worker's per-trial reads and writes in fewer round trips (each costs CPU on both ends: a
-    small machine's workers and database share its cores).
-
-    Optuna raises at the first lost connection, which would fail a trial (or kill a worker)
-    for a PostgreSQL restart of a few seconds. Every storage call is retried for up to
-    RECONNECT_SECONDS; the first error on a dropped connection makes SQLAlchemy discard the
-    pool's connections, so the retry runs on a fresh one. A retried write that had in fact
-    committed is harmless: finished trials refuse updates, which the worker treats as done;
-    a retried claim finds the trial its first attempt took by the claim's token.
-    """
+class FastRDBStorage(internals.RDBStorageHooks):
+    """Optuna's RDBStorage with a worker's per-trial reads and writes in fewer round trips
+    (each costs CPU on both ends: a small machine's workers and database share its cores),
+    a budgeted claim of trials, and trials failed with their reason in one transaction.
+    Each method here makes one attempt; RetryingRDBStorage retries them."""
 
     def set_trial_user_attrs(self, trial_id: int, attributes: dict[str, Any]) -> None:
         """Several user attributes in one transaction of two statements.
@@ -126,33 +96,34 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         The rows are the ones Optuna writes (key, JSON value), and a finished trial is refused
         the same way, with UpdateFinishedTrialError.
         """
-        self._set_trial_attrs(models.TrialUserAttributeModel, trial_id, attributes)
+        self._set_trial_attrs(False, trial_id, attributes)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self._set_trial_attrs(models.TrialUserAttributeModel, trial_id, {key: value})
+        self._set_trial_attrs(False, trial_id, {key: value})
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self._set_trial_attrs(models.TrialSystemAttributeModel, trial_id, {key: value})
+        self._set_trial_attrs(True, trial_id, {key: value})
 
-    def _set_trial_attrs(self, model: Any, trial_id: int, attributes: dict[str, Any]) -> None:
+    def _set_trial_attrs(self, system: bool, trial_id: int, attributes: dict[str, Any]) -> None:
         """Optuna's _set_trial_attr_without_commit for several attributes, with a statement
         built once instead of on every call (see _upsert)."""
-        if not attributes:
-            return
-        with _create_scoped_session(self.scoped_session, True) as session:
+        with internals.session(self) as session:
             state = session.execute(_trial_state(), {"trial_id": trial_id}).scalar()
             if state is None:
-                raise KeyError(models.NOT_FOUND_MSG)
+                raise KeyError(f"no trial with id {trial_id}")
             self.check_trial_is_updatable(trial_id, state)
-            self._set_attrs_in(session, model, trial_id, attributes)
+            self._set_attrs_in(session, system, trial_id, attributes)
 
     def _set_attrs_in(
-        self, session: Any, model: Any, trial_id: int, attributes: dict[str, Any]
+        self, session: Any, system: bool, trial_id: int, attributes: dict[str, Any]
     ) -> None:
-        upsert = _upsert(self.engine.dialect.name, model.__tablename__)
+        if not attributes:
+            return
+        name = "trial_system_attributes" if system else "trial_user_attributes"
+        upsert = _upsert(self.engine.dialect.name, name)
         if upsert is None:  # another database: Optuna's own way, row by row
             for key, value in attributes.items():
-                self._set_trial_attr_without_commit(session, model, trial_id, key, value)
+                internals.set_trial_attr_in(self, session, system, trial_id, key, value)
             return
         rows = [
             {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
@@ -160,96 +131,69 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         ]
         session.execute(upsert, rows)
 
+    def fail_trial(
+        self, trial_id: int, reason: str, system_attrs: dict[str, Any] | None = None
+    ) -> bool:
+        """Fail a RUNNING trial with its ``fail_reason`` (and `system_attrs`) in one
+        transaction; False, writing nothing, when the trial had already finished."""
+        with internals.session(self) as session:
+            failed = session.execute(
+                _change_state(TrialState.RUNNING, TrialState.FAIL, "datetime_complete"),
+                {"id": trial_id, "at": internals.time_to_store(datetime.now())},
+            ).rowcount
+            if failed:
+                self._set_attrs_in(session, False, trial_id, {"fail_reason": reason})
+                self._set_attrs_in(session, True, trial_id, system_attrs or {})
+        return bool(failed)
+
     def claim_trial(
-        self,
-        study_id: int,
-        budget: int | None,
-        system_attrs: Callable[[int], dict[str, Any]] = lambda index: {},
-    ) -> FrozenTrial | None:
-        """A RUNNING trial for one worker, in one transaction: the study's oldest WAITING trial
-        (a retry, or one enqueued by hand), else a new one while fewer than `budget` trials
-        count against the budget; None when the budget is spent.
-
-        A claim whose commit went through but whose answer was lost with the connection would,
-        retried, take a second trial and leave the first RUNNING unrun, and a retry trial so
-        left would never run (Optuna retries a trial once). So each claim writes a token with
-        the trial (system attribute ``tuner:claim``), and a retried claim first looks for it.
-
-        Retries of trials whose worker died and trials tuner adds beyond the search (system
-        attributes `UNCOUNTED_KEYS`) do not count.
-        A new trial's system attributes are ``system_attrs(index)``, index being how many
-        trials counted before it. Its heartbeat is recorded in the same transaction (when
-        heartbeats are on), so a worker that dies right after claiming leaves a trial that goes
-        stale and is retried, never one left RUNNING for good.
-
-        Exact across processes because it holds the lock Optuna's own trial creation takes,
-        the study's row (``SELECT … FOR UPDATE``; SQLite: the write lock every transaction
-        takes at BEGIN IMMEDIATE), from the count to the commit. Optuna's ``ask()`` creates a
-        trial unconditionally, and has no count that leaves retries out: hence this SQL.
-        """
-        token = uuid.uuid4().hex
-        attempts = 0
-
-        def attempt() -> FrozenTrial | None:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1 and (taken := self._claimed_with(study_id, token)) is not None:
-                return taken
-            return self._claim(study_id, budget, system_attrs, token)
-
-        return _with_retries(attempt, "claim_trial")
-
-    def _claimed_with(self, study_id: int, token: str) -> FrozenTrial | None:
-        """The study's trial an earlier attempt of a claim took, if its commit went through
-        (a scan of the study's system attributes: only a retried claim pays it)."""
-        attributes = models.TrialSystemAttributeModel
-        with _create_scoped_session(self.scoped_session) as session:
-            trial_id = session.execute(
-                sqlalchemy.select(attributes.trial_id)
-                .join(models.TrialModel)
-                .where(
-                    models.TrialModel.study_id == study_id,
-                    attributes.key == CLAIM_TOKEN_KEY,
-                    attributes.value_json == json.dumps(token),
-                )
-            ).scalar()
-        return None if trial_id is None else self.get_trial(trial_id)
-
-    def _claim(
         self,
         study_id: int,
         budget: int | None,
         system_attrs: Callable[[int], dict[str, Any]],
         token: str,
     ) -> FrozenTrial | None:
-        """One attempt of `claim_trial`, in one transaction."""
-        with _create_scoped_session(self.scoped_session) as session:
+        """A RUNNING trial for one worker, in one transaction: the study's oldest WAITING trial
+        (a retry or a re-run, or one enqueued by hand), else a new one while fewer than
+        `budget` trials count against the budget; None when the budget is spent.
+
+        Retries of trials whose worker died, interrupted trials (re-run as a WAITING trial,
+        which counts) and trials tuner adds beyond the search (system attributes
+        `UNCOUNTED_KEYS`) do not count.
+        A new trial's system attributes are ``system_attrs(index)``, index being how many
+        trials counted before it; every claimed trial gets ``tuner:claim`` = `token` (see
+        RetryingRDBStorage.claim_trial). Its heartbeat is recorded in the same transaction
+        (when heartbeats are on), so a worker that dies right after claiming leaves a trial
+        that goes stale and is retried, never one left RUNNING for good.
+
+        Exact across processes because it holds the lock Optuna's own trial creation takes,
+        the study's row (``SELECT … FOR UPDATE``; SQLite: the write lock every transaction
+        takes at BEGIN IMMEDIATE), from the count to the commit. Optuna's ``ask()`` creates a
+        trial unconditionally, and has no count that leaves retries out: hence this SQL.
+        """
+        with internals.session(self) as session:
             if session.execute(_lock_study(), {"study_id": study_id}).first() is None:
-                raise KeyError(models.NOT_FOUND_MSG)
+                raise KeyError(f"no study with id {study_id}")
             made, uncounted, waiting_id = session.execute(
                 _claim_query(), {"study_id": study_id}
             ).one()
+            now = datetime.now()
             if waiting_id is not None:
-                trial = models.TrialModel.find_or_raise_by_id(waiting_id, session, for_update=True)
-                if trial.state == TrialState.WAITING:  # a plain-Optuna ask() may have won it
-                    trial.state = TrialState.RUNNING
-                    trial.datetime_start = datetime.now()
-                    self._set_attrs_in(
-                        session,
-                        models.TrialSystemAttributeModel,
-                        trial.trial_id,
-                        {CLAIM_TOKEN_KEY: token},
-                    )
+                # A plain-Optuna ask() may have taken it first: then it is no longer WAITING.
+                taken = session.execute(
+                    _change_state(TrialState.WAITING, TrialState.RUNNING, "datetime_start"),
+                    {"id": waiting_id, "at": internals.time_to_store(now)},
+                ).rowcount
+                if taken:
+                    self._set_attrs_in(session, True, waiting_id, {CLAIM_TOKEN_KEY: token})
                     if self.heartbeat_interval is not None:
-                        self._record_heartbeat(session, trial.trial_id)
-                    session.flush()
-                    session.expire(trial, ["system_attributes"])
-                    return self._build_frozen_trial_from_trial_model(trial)
+                        self._record_heartbeat(session, waiting_id)
+                    rows = session.execute(_trial_by_id(), {"trial_id": waiting_id}).all()
+                    return _build_trials(rows)[0]
             index = made - uncounted
             if budget is not None and index >= budget:
                 return None
             attrs = {**system_attrs(index), CLAIM_TOKEN_KEY: token}
-            started = datetime.now()  # stored as naive UTC, as TrialModel stores it
             # Under the study's lock, the trials made so far are exactly those before this
             # one: its number is their count, as Optuna's count_past_trials() would make it.
             (trial_id,) = session.execute(
@@ -258,10 +202,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                     "study_id": study_id,
                     "number": made,
                     "state": TrialState.RUNNING,
-                    "datetime_start": started.astimezone(UTC).replace(tzinfo=None),
+                    "datetime_start": internals.time_to_store(now),
                 },
             ).inserted_primary_key
-            self._set_attrs_in(session, models.TrialSystemAttributeModel, trial_id, attrs)
+            self._set_attrs_in(session, True, trial_id, attrs)
             if self.heartbeat_interval is not None:
                 self._record_heartbeat(session, trial_id)
             return FrozenTrial(
@@ -269,7 +213,7 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 state=TrialState.RUNNING,
                 value=None,
                 values=None,
-                datetime_start=started,
+                datetime_start=now,
                 datetime_complete=None,
                 params={},
                 distributions={},
@@ -279,34 +223,56 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 trial_id=trial_id,
             )
 
+    def claimed_with(self, study_id: int, token: str) -> FrozenTrial | None:
+        """The study's trial that a claim with `token` took, if its commit went through (a
+        scan of the study's system attributes: only a retried claim pays it)."""
+        trials, attributes = internals.table("trials"), internals.table("trial_system_attributes")
+        with internals.session(self) as session:
+            trial_id = session.execute(
+                sqlalchemy.select(attributes.c.trial_id)
+                .join(trials, trials.c.trial_id == attributes.c.trial_id)
+                .where(
+                    trials.c.study_id == study_id,
+                    attributes.c.key == CLAIM_TOKEN_KEY,
+                    attributes.c.value_json == json.dumps(token),
+                )
+            ).scalar()
+        return None if trial_id is None else self.get_trial(trial_id)
+
     def record_heartbeat(self, trial_id: int) -> None:
         """Optuna's heartbeat in one statement, an upsert of the trial's heartbeat row (Optuna
         reads the row, reads it again for update, asks the server the time, then writes)."""
-        with _create_scoped_session(self.scoped_session, True) as session:
+        with internals.session(self) as session:
             self._record_heartbeat(session, trial_id)
 
     def _record_heartbeat(self, session: Any, trial_id: int) -> None:
         """Record the trial's heartbeat, the server's time, in the session's transaction."""
         upsert = _upsert(self.engine.dialect.name, "trial_heartbeats")
-        if upsert is not None:
-            session.execute(upsert, {"trial_id": trial_id})
-            return
-        now = sqlalchemy.func.current_timestamp()
-        heartbeat = models.TrialHeartbeatModel.where_trial_id(trial_id, session, True)
-        if heartbeat is None:
-            session.add(models.TrialHeartbeatModel(trial_id=trial_id, heartbeat=now))
+        if upsert is None:
+            internals.record_heartbeat_in(session, trial_id)
         else:
-            heartbeat.heartbeat = now
+            session.execute(upsert, {"trial_id": trial_id})
+
+    def silences(self, study_id: int) -> dict[int, float]:
+        """Seconds since the last heartbeat of each RUNNING trial of the study that has one,
+        by the database server's clock (the clock that wrote the heartbeats)."""
+        with internals.session(self) as session:
+            now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+            rows = session.execute(_heartbeats_of_running(), {"study_id": study_id}).all()
+        # As Optuna compares them: PostgreSQL answers now() with a time zone, and stores the
+        # heartbeat without one in the same session time zone.
+        now = now.replace(tzinfo=None)
+        return {row.trial_id: (now - row.heartbeat).total_seconds() for row in rows}
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         """Optuna's get_trial in one statement instead of six (see _trials_query)."""
-        with _create_scoped_session(self.scoped_session) as session:
+        with internals.session(self) as session:
             rows = session.execute(_trial_by_id(), {"trial_id": trial_id}).all()
         if not rows:
-            raise KeyError(models.NOT_FOUND_MSG)
+            raise KeyError(f"no trial with id {trial_id}")
         return _build_trials(rows)[0]
 
-    def _get_trials(
+    def read_trials(
         self,
         study_id: int,
         states: Container[TrialState] | None,
@@ -324,16 +290,228 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
         if included:
             parameters["included"] = included
         query = _trials_of_study(states is not None, bool(included), trial_id_greater_than > -1)
-        with _create_scoped_session(self.scoped_session) as session:
+        with internals.session(self) as session:
             rows = session.execute(query, parameters).all()
             if not rows:  # none, or no such study: Optuna raises KeyError for the latter
-                models.StudyModel.find_or_raise_by_id(study_id, session)
+                if session.execute(_lock_study(False), {"study_id": study_id}).first() is None:
+                    raise KeyError(f"no study with id {study_id}")
                 return []
             ids = [row.trial_id for row in rows]
             for start in range(0, len(ids), _MAX_TRIAL_IDS):
                 chunk = ids[start : start + _MAX_TRIAL_IDS]
                 rows += session.execute(_rows_of_trials(), {"ids": chunk}).all()
         return _build_trials(rows)
+
+
+_Result = TypeVar("_Result")
+_DATABASE_ERRORS = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _retried(method: _Method) -> _Method:
+    """`method`, run by RetryingRDBStorage._with_retries."""
+
+    @functools.wraps(method)
+    def call(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._with_retries(lambda: method(self, *args, **kwargs), method.__name__)
+
+    return call  # type: ignore[return-value]
+
+
+class RetryingRDBStorage(FastRDBStorage):
+    """FastRDBStorage whose every call rides out a database that is unreachable for a while,
+    retrying with backoff, and which then says since when it has been unreachable.
+
+    Optuna raises at the first lost connection, which would fail a trial (or kill a worker)
+    for a PostgreSQL restart of a few seconds. Every call below is retried while the database
+    has been unreachable for less than `reconnect_seconds`, counted from the first call that
+    found it so (calls made during an outage, from any thread, share that clock); past that
+    they raise StorageUnreachableError at once. The first error on a dropped connection makes
+    SQLAlchemy discard the pool's connections, so the retry runs on a fresh one. A retried
+    write that had in fact committed is harmless: finished trials refuse updates, which the
+    worker treats as done; a retried claim finds the trial its first attempt took by the
+    claim's token.
+
+    The storage also knows how long it has been in contact with the database (since it was
+    opened, or since the database came back): see stale_silences for why that matters.
+    """
+
+    def __init__(
+        self, url: str, *, reconnect_seconds: float = RECONNECT_SECONDS, **kwargs: Any
+    ) -> None:
+        super().__init__(url, **kwargs)
+        self.reconnect_seconds = reconnect_seconds
+        self._contact_lock = threading.Lock()
+        self._in_contact_since: float | None = time.monotonic()
+        self._unreachable_since: tuple[float, datetime] | None = None  # monotonic, wall clock
+
+    def _with_retries(self, call: Callable[[], _Result], name: str) -> _Result:
+        """`call()`, again with backoff while the database is unreachable, up to the window."""
+        delay = RECONNECT_FIRST_DELAY
+        # A heartbeat is retried at least as often as it is beaten, so a worker's beat gets
+        # through within one interval of the database's return (see stale_silences).
+        longest = min(RECONNECT_MAX_DELAY, self.heartbeat_interval or RECONNECT_MAX_DELAY)
+        while True:
+            try:
+                result = call()
+            except (
+                sqlalchemy.exc.SQLAlchemyError,
+                optuna.exceptions.StorageInternalError,
+            ) as error:
+                if not _is_transient(error):
+                    self._heard_from_database()
+                    raise
+                since, since_wall = self._lost_contact()
+                if time.monotonic() + delay > since + self.reconnect_seconds:
+                    raise StorageUnreachableError(mask_url(self.url), since_wall) from error
+                logger.warning(
+                    "storage unreachable in %s (%s); retrying in %.2g s",
+                    name,
+                    type(error).__name__,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(2 * delay, longest)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self._heard_from_database()  # the database answered: the trial is finished
+                raise
+            else:
+                self._heard_from_database()
+                return result
+
+    def _lost_contact(self) -> tuple[float, datetime]:
+        with self._contact_lock:
+            self._in_contact_since = None
+            if self._unreachable_since is None:
+                self._unreachable_since = (time.monotonic(), datetime.now(UTC))
+            return self._unreachable_since
+
+    def _heard_from_database(self) -> None:
+        with self._contact_lock:
+            self._unreachable_since = None
+            if self._in_contact_since is None:
+                self._in_contact_since = time.monotonic()
+
+    def seconds_in_contact(self) -> float:
+        """How long this storage has reached the database without a break: since it was
+        opened, or since the database came back; 0 while it is unreachable."""
+        with self._contact_lock:
+            since = self._in_contact_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def abandoned_after(self) -> float:
+        """Seconds of silence after which a RUNNING trial has no live worker behind it, under
+        any outage: a worker tries to beat every interval, and stops once its database has
+        been unreachable for the retry window (see tuner.execution.worker); one more interval
+        covers the worker's way from giving up to stopping."""
+        return self.reconnect_seconds + 2 * (self.heartbeat_interval or 0)
+
+    def stale_silences(self, study_id: int) -> dict[int, float]:
+        """The study's RUNNING trials that no live worker is behind, with the seconds each has
+        been silent (since its last heartbeat).
+
+        Optuna calls a trial stale when its heartbeat is older than the grace period. But
+        while the database is unreachable no worker can beat, and a sweeper that judged by
+        the heartbeats alone would fail every healthy trial the moment the database came back
+        from an outage longer than grace. Time the database was unreachable is nobody's
+        silence; so the sweeper counts only silence it could have heard, and a trial is stale
+        when it has been silent for longer than grace while this storage has been in contact
+        with the database for longer than grace too (since it was opened, or since the
+        database came back). A worker's beat, retried at least once an interval (see
+        _with_retries), gets through within an interval of the database's return, and grace
+        is longer than an interval.
+
+        One kind of trial is stale at once, whatever this storage has seen: one silent for
+        longer than abandoned_after(), whose worker has stopped (or died) for sure. That is
+        how the next process to open a study resolves the trials of a worker that outlived
+        its retry window and could not mark them.
+        """
+        if self.heartbeat_interval is None:
+            return {}
+        silences = self.silences(study_id)
+        grace = self.grace_period or 2 * self.heartbeat_interval
+        heard = self.seconds_in_contact() > grace
+        abandoned = self.abandoned_after()
+        return {
+            trial_id: silent
+            for trial_id, silent in silences.items()
+            if silent > abandoned or (heard and silent > grace)
+        }
+
+    def stale_trial_ids(self, study_id: int) -> list[int]:
+        """The ids of stale_silences, for Optuna's own sweep (fail_stale_trials)."""
+        return list(self.stale_silences(study_id))
+
+    def assume_unreachable_since(self, since: datetime) -> None:
+        """Take another process's word that the database has been unreachable since `since`
+        (a worker's StorageUnreachableError): calls made now try once, not for a new window."""
+        with self._contact_lock:
+            self._in_contact_since = None
+            ago = (datetime.now(UTC) - since).total_seconds()
+            self._unreachable_since = (time.monotonic() - ago, since)
+
+    def claim_trial(
+        self,
+        study_id: int,
+        budget: int | None,
+        system_attrs: Callable[[int], dict[str, Any]] = lambda index: {},
+    ) -> FrozenTrial | None:
+        """FastRDBStorage.claim_trial, retried, taking one trial however many tries it takes.
+
+        A claim whose commit went through but whose answer was lost with the connection would,
+        retried, take a second trial and leave the first RUNNING unrun, and a retry trial so
+        left would never run (Optuna retries a trial once). So each claim writes a token with
+        the trial, and a retried claim first looks for it.
+        """
+        token = uuid.uuid4().hex
+        attempts = 0
+
+        def attempt() -> FrozenTrial | None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and (taken := self.claimed_with(study_id, token)) is not None:
+                return taken
+            return FastRDBStorage.claim_trial(self, study_id, budget, system_attrs, token)
+
+        return self._with_retries(attempt, "claim_trial")
+
+    # Every other call that reaches the database, retried: Optuna's public storage methods,
+    # ours, and the calls Optuna's trial cache makes by their private names (their public
+    # names here: internals.RDBStorageHooks.PRIVATE_CALLS). Methods that only combine these
+    # (get_n_trials, get_trial_params…) are retried through them.
+    create_new_study = _retried(FastRDBStorage.create_new_study)
+    delete_study = _retried(FastRDBStorage.delete_study)
+    set_study_user_attr = _retried(FastRDBStorage.set_study_user_attr)
+    set_study_system_attr = _retried(FastRDBStorage.set_study_system_attr)
+    get_study_id_from_name = _retried(FastRDBStorage.get_study_id_from_name)
+    get_study_name_from_id = _retried(FastRDBStorage.get_study_name_from_id)
+    get_study_directions = _retried(FastRDBStorage.get_study_directions)
+    get_study_user_attrs = _retried(FastRDBStorage.get_study_user_attrs)
+    get_study_system_attrs = _retried(FastRDBStorage.get_study_system_attrs)
+    get_all_studies = _retried(FastRDBStorage.get_all_studies)
+    create_new_trial = _retried(FastRDBStorage.create_new_trial)
+    set_trial_param = _retried(FastRDBStorage.set_trial_param)
+    get_trial_param = _retried(FastRDBStorage.get_trial_param)
+    set_trial_state_values = _retried(FastRDBStorage.set_trial_state_values)
+    set_trial_intermediate_value = _retried(FastRDBStorage.set_trial_intermediate_value)
+    set_trial_user_attr = _retried(FastRDBStorage.set_trial_user_attr)
+    set_trial_user_attrs = _retried(FastRDBStorage.set_trial_user_attrs)
+    set_trial_system_attr = _retried(FastRDBStorage.set_trial_system_attr)
+    get_trial_user_attrs = _retried(FastRDBStorage.get_trial_user_attrs)
+    get_trial_system_attrs = _retried(FastRDBStorage.get_trial_system_attrs)
+    get_trial_id_from_study_id_trial_number = _retried(
+        FastRDBStorage.get_trial_id_from_study_id_trial_number
+    )
+    get_trial = _retried(FastRDBStorage.get_trial)
+    get_all_trials = _retried(FastRDBStorage.get_all_trials)
+    get_best_trial = _retried(FastRDBStorage.get_best_trial)
+    record_heartbeat = _retried(FastRDBStorage.record_heartbeat)
+    fail_trial = _retried(FastRDBStorage.fail_trial)
+    silences = _retried(FastRDBStorage.silences)
+    create_frozen_trial = _retried(FastRDBStorage.create_frozen_trial)
+    set_trial_param_checked = _retried(FastRDBStorage.set_trial_param_checked)
+    read_trials = _retried(FastRDBStorage.read_trials)
+    best_trial_id = _retried(FastRDBStorage.best_trial_id)
 
 
 @functools.cache
@@ -343,15 +521,17 @@ def _claim_query() -> sqlalchemy.Select:
     (hand-written: Optuna offers none of the three). An uncounted trial is found by index
     probes per trial, in the select list so that the database cannot turn it into a scan of
     every study's system attributes."""
-    trials = models.TrialModel.__table__
-    attributes = models.TrialSystemAttributeModel.__table__
-    uncounted = sqlalchemy.exists().where(
-        attributes.c.trial_id == trials.c.trial_id, attributes.c.key.in_(UNCOUNTED_KEYS)
+    trials, attributes = internals.table("trials"), internals.table("trial_system_attributes")
+    is_uncounted = sqlalchemy.exists().where(
+        attributes.c.trial_id == trials.c.trial_id,
+        attributes.c.key.in_(UNCOUNTED_KEYS),
     )
     waiting = sqlalchemy.case((trials.c.state == TrialState.WAITING, trials.c.trial_id))
     return sqlalchemy.select(
         sqlalchemy.func.count(),
-        sqlalchemy.func.coalesce(sqlalchemy.func.sum(sqlalchemy.case((uncounted, 1), else_=0)), 0),
+        sqlalchemy.func.coalesce(
+            sqlalchemy.func.sum(sqlalchemy.case((is_uncounted, 1), else_=0)), 0
+        ),
         sqlalchemy.func.min(waiting),
     ).where(trials.c.study_id == sqlalchemy.bindparam("study_id"))
 
@@ -375,12 +555,9 @@ def _build_trials(rows: list[Any]) -> list[FrozenTrial]:
         elif row.kind == 1:
             params.append((row.ord, row.key, row.number, row.text))
         elif row.kind == 2:
-            kind = models.TrialValueModel.TrialValueType[row.name]
-            values[row.ord] = models.TrialValueModel.stored_repr_to_value(row.number, kind)
+            values[row.ord] = internals.stored_value(row.number, row.name)
         elif row.kind == 3:
-            model = models.TrialIntermediateValueModel
-            kind = model.TrialIntermediateValueType[row.name]
-            intermediate[row.ord] = model.stored_repr_to_intermediate_value(row.number, kind)
+            intermediate[row.ord] = internals.stored_intermediate_value(row.number, row.name)
         else:
             (user_attrs if row.kind == 4 else system_attrs)[row.key] = json.loads(row.text)
     built = []
@@ -395,8 +572,8 @@ def _build_trials(rows: list[Any]) -> list[FrozenTrial]:
                 state=TrialState[trial.name],
                 value=None,
                 values=[values[objective] for objective in range(len(values))] or None,
-                datetime_start=_local_time(trial.start),
-                datetime_complete=_local_time(trial.complete),
+                datetime_start=internals.stored_time(trial.start),
+                datetime_complete=internals.stored_time(trial.complete),
                 params={
                     name: distributions[name].to_external_repr(value)
                     for _, name, value, _ in params
@@ -411,13 +588,6 @@ def _build_trials(rows: list[Any]) -> list[FrozenTrial]:
     return built
 
 
-def _local_time(utc: datetime | None) -> datetime | None:
-    """A stored naive UTC time as naive local time, as Optuna's TrialModel converts it."""
-    if utc is None:
-        return None
-    return utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
-
-
 def _trials_query(trial_rows: Any | None, of_trials: Callable[[Any], Any]) -> Any:
     """One UNION ALL of the rows making trials: `trial_rows` (from `_trial_rows`), unless
     None, and a row per param, value, intermediate value, user and system attribute (kinds
@@ -430,13 +600,13 @@ def _trials_query(trial_rows: Any | None, of_trials: Callable[[Any], Any]) -> An
     (trial_id, …) indexes, as it does for Optuna's IN lists.
     """
     p, v, i, u, s = (
-        model.__table__
-        for model in (
-            models.TrialParamModel,
-            models.TrialValueModel,
-            models.TrialIntermediateValueModel,
-            models.TrialUserAttributeModel,
-            models.TrialSystemAttributeModel,
+        internals.table(name)
+        for name in (
+            "trial_params",
+            "trial_values",
+            "trial_intermediate_values",
+            "trial_user_attributes",
+            "trial_system_attributes",
         )
     )
     parts = [] if trial_rows is None else [trial_rows]
@@ -467,7 +637,7 @@ def _trials_query(trial_rows: Any | None, of_trials: Callable[[Any], Any]) -> An
 
 def _trial_rows(where: Any) -> Any:
     """The row (kind 0) of each trial `where` selects: number, state, start and end."""
-    table = models.TrialModel.__table__
+    table = internals.table("trials")
     return _rows(
         table,
         0,
@@ -512,7 +682,7 @@ def _enum_name(enum_column: Any) -> Any:
 def _trial_by_id() -> Any:
     """A trial and its rows, by id (parameter ``trial_id``)."""
     trial_id = sqlalchemy.bindparam("trial_id")
-    selects = models.TrialModel.__table__.c.trial_id == trial_id
+    selects = internals.table("trials").c.trial_id == trial_id
     return _trials_query(_trial_rows(selects), lambda column: column == trial_id)
 
 
@@ -528,7 +698,7 @@ def _trials_of_study(states: bool, included: bool, after: bool) -> Any:
     """The trial rows of a study (parameter ``study_id``): those in ``states`` if `states`;
     those in ``included`` or after trial id ``after`` if `included` and `after`, else those
     after ``after`` if `after` (the filters of RDBStorage._get_trials)."""
-    table = models.TrialModel.__table__
+    table = internals.table("trials")
     where = [table.c.study_id == sqlalchemy.bindparam("study_id")]
     if states:
         where.append(table.c.state.in_(sqlalchemy.bindparam("states", expanding=True)))
@@ -542,18 +712,48 @@ def _trials_of_study(states: bool, included: bool, after: bool) -> Any:
 
 
 @functools.cache
-def _lock_study() -> Any:
-    """Lock the study ``study_id``'s row, as Optuna's trial creation does (FOR UPDATE)."""
-    table = models.StudyModel.__table__
-    study_id = sqlalchemy.bindparam("study_id")
-    return sqlalchemy.select(table.c.study_id).where(table.c.study_id == study_id).with_for_update()
+def _lock_study(lock: bool = True) -> Any:
+    """The study ``study_id``'s row, locked as Optuna's trial creation locks it (FOR UPDATE)
+    if `lock`: no row, no such study."""
+    table = internals.table("studies")
+    select = sqlalchemy.select(table.c.study_id).where(
+        table.c.study_id == sqlalchemy.bindparam("study_id")
+    )
+    return select.with_for_update() if lock else select
+
+
+@functools.cache
+def _change_state(before: TrialState, after: TrialState, stamp: str) -> Any:
+    """Move the trial ``id`` from `before` to `after`, its `stamp` time column set to ``at``
+    (Optuna's datetime_start on RUNNING, datetime_complete on finishing); no row changes if
+    it is not in `before` any more."""
+    table = internals.table("trials")
+    return (
+        table.update()
+        .where(table.c.trial_id == sqlalchemy.bindparam("id"), table.c.state == before)
+        .values({"state": after, stamp: sqlalchemy.bindparam("at")})
+    )
+
+
+@functools.cache
+def _heartbeats_of_running() -> Any:
+    """The heartbeat of each RUNNING trial of the study ``study_id`` that has one."""
+    trials, heartbeats = internals.table("trials"), internals.table("trial_heartbeats")
+    return (
+        sqlalchemy.select(trials.c.trial_id, heartbeats.c.heartbeat)
+        .join(heartbeats, heartbeats.c.trial_id == trials.c.trial_id)
+        .where(
+            trials.c.study_id == sqlalchemy.bindparam("study_id"),
+            trials.c.state == TrialState.RUNNING,
+        )
+    )
 
 
 @functools.cache
 def _insert_trial() -> Any:
     """Insert a trial (number, study_id, state, datetime_start); its id comes back as the
     result's inserted_primary_key (RETURNING where the database has it)."""
-    table = models.TrialModel.__table__
+    table = internals.table("trials")
     columns = ("number", "study_id", "state", "datetime_start")
     values = {name: sqlalchemy.bindparam(name, type_=table.c[name].type) for name in columns}
     return table.insert().values(values)
@@ -563,7 +763,7 @@ def _insert_trial() -> Any:
 def _trial_state() -> Any:
     """A trial's state, by id (parameter ``trial_id``): what Optuna loads a whole ORM object
     for before each write."""
-    table = models.TrialModel.__table__
+    table = internals.table("trials")
     return sqlalchemy.select(table.c.state).where(
         table.c.trial_id == sqlalchemy.bindparam("trial_id")
     )
@@ -576,7 +776,7 @@ def _upsert(dialect: str, table_name: str) -> Any:
     (parameter trial_id; the time is the server's), keyed as Optuna keys them; None on a
     database without such a statement, where Optuna's row-by-row way is used instead.
     Built once: building a statement costs more client CPU than running it."""
-    table = models.BaseModel.metadata.tables[table_name]
+    table = internals.table(table_name)
     if table_name == "trial_heartbeats":
         keys, value = ["trial_id"], "heartbeat"
         values = {"trial_id": sqlalchemy.bindparam("trial_id"), value: sqlalchemy.func.now()}
@@ -593,20 +793,6 @@ def _upsert(dialect: str, table_name: str) -> Any:
         statement = mysql.insert(table).values(values)
         return statement.on_duplicate_key_update({value: getattr(statement.inserted, value)})
     return None
-
-
-for _name in [
-    *(name for name in dir(optuna.storages.BaseStorage) if not name.startswith("_")),
-    "set_trial_user_attrs",
-    "record_heartbeat",
-    "_get_stale_trial_ids",
-    # What Optuna's trial cache calls on the storage directly, bypassing the public methods:
-    "_get_trials",
-    "_set_trial_param",
-    "_create_new_trial",
-]:
-    if _name not in ("check_trial_is_updatable", "remove_session"):
-        setattr(ResilientRDBStorage, _name, _retrying(getattr(ResilientRDBStorage, _name)))
 
 
 def user_data_dir() -> Path:
@@ -634,9 +820,9 @@ def resolve_storage_url(explicit: str | None = None, from_spec: str | None = Non
     return url
 
 
-def rdb_backend(storage: optuna.storages.BaseStorage) -> ResilientRDBStorage:
-    """Our RDBStorage under the cache layer Optuna wraps it in when a study loads it."""
-    return getattr(storage, "_backend", storage)
+def rdb_backend(storage: optuna.storages.BaseStorage) -> RetryingRDBStorage:
+    """Our RDBStorage under the trial cache Optuna wraps it in when a study loads it."""
+    return internals.backend(storage)  # type: ignore[return-value]
 
 
 def _prepare_sqlite(url: sqlalchemy.URL) -> dict:
@@ -668,8 +854,11 @@ def _serialize_sqlite_writers(engine: sqlalchemy.Engine) -> None:
 
 @functools.cache
 def open_storage(
-    url: str, *, heartbeat: tuple[int, int] | None = None
-) -> optuna.storages.RDBStorage:
+    url: str,
+    *,
+    heartbeat: tuple[int, int] | None = None,
+    reconnect_seconds: float = RECONNECT_SECONDS,
+) -> RetryingRDBStorage:
     """Open (creating if needed) the study database at `url`; one storage per URL a process.
 
     The storage is cached: each holds a connection pool, and a process that opened one per
@@ -682,6 +871,7 @@ def open_storage(
         heartbeat: (interval, grace) in seconds, for workers: Optuna's trial heartbeats are
             recorded every interval, and a trial silent for longer than grace becomes FAIL and
             is retried once with the same parameters.
+        reconnect_seconds: how long calls retry while the database is unreachable.
 
     Raises:
         StorageError: the URL is malformed or the database cannot be reached.
@@ -697,7 +887,7 @@ def open_storage(
         ) from None
     # No pre-ping: it costs a round trip per transaction (about 17 a trial). A connection the
     # server dropped fails its first statement instead; SQLAlchemy then discards the pool's
-    # connections, and ResilientRDBStorage's retry runs the call again on a fresh one.
+    # connections, and RetryingRDBStorage's retry runs the call again on a fresh one.
     engine_kwargs = {"pool_pre_ping": False}
     if parsed.get_backend_name() == "sqlite":
         try:
@@ -714,7 +904,12 @@ def open_storage(
             ),
         }
     try:
-        storage = ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+        storage = RetryingRDBStorage(
+            url,
+            reconnect_seconds=reconnect_seconds,
+            engine_kwargs=engine_kwargs,
+            **heartbeat_kwargs,
+        )
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise StorageError(

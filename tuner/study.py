@@ -3,7 +3,7 @@
 Workers share the trial budget exactly. In one transaction holding the study's row lock (the
 lock Optuna's own trial creation takes), a worker claims a WAITING trial (a retry of a trial
 whose worker died) if there is one; otherwise it counts the trials made so far and creates
-one only while the budget allows (tuner.storage.ResilientRDBStorage.claim_trial). Optuna's
+one only while the budget allows (tuner.storage.FastRDBStorage.claim_trial). Optuna's
 ``ask()`` creates a trial unconditionally, which would overshoot a shared budget. (Laying the
 budget down as WAITING trials instead made every trial several times dearer: Optuna reloads
 all unfinished trials whenever a sampler reads the study.)
@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy
 import optuna
-from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+from optuna.trial import TrialState
 
+from tuner import optuna_internals as internals
 from tuner.errors import SpecError
 from tuner.pruners import make_pruner
 from tuner.samplers import make_sampler
-from tuner.spec import StudySpec
-from tuner.storage import UNCOUNTED_KEYS, rdb_backend
+from tuner.spec import ExecutionSpec, StudySpec
+from tuner.storage import INTERRUPTED_KEY, UNCOUNTED_KEYS, open_storage, rdb_backend
 from tuner.storage_urls import mask_url
 
 # Heartbeat callbacks, fail_stale_trials and grouped multivariate TPE are marked experimental
@@ -116,18 +117,22 @@ def _searched(part: Any) -> Any:
 
 
 def claim_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
-    """A trial for this worker: a waiting retry, else a new one while the budget lasts.
+    """A trial for this worker: a waiting retry or re-run, else a new one while the budget
+    lasts.
 
     Returns None once ``[budget] trials`` trials have been handed out (see `outside_budget`).
     """
-    study._thread_local.cached_all_trials = None  # samplers see fresh trials, as in ask()
-    claimed = rdb_backend(study._storage).claim_trial(
-        study._study_id, spec.budget.trials, lambda index: _new_trial_attrs(spec, index)
+    claimed = rdb_backend(internals.study_storage(study)).claim_trial(
+        internals.study_id(study),
+        spec.budget.trials,
+        lambda index: _new_trial_attrs(spec, index),
     )
     if claimed is None:
         return None
-    _remember(study, claimed)
-    return optuna.Trial(study, claimed._trial_id)
+    # The claim went past Optuna's trial cache, which must know the trial before its first
+    # parameter is set; samplers must see it too, as after ask().
+    internals.remember_trial(study, claimed)
+    return optuna.Trial(study, internals.trial_id(claimed))
 
 
 def _new_trial_attrs(spec: StudySpec, index: int) -> dict[str, Any]:
@@ -139,19 +144,75 @@ def _new_trial_attrs(spec: StudySpec, index: int) -> dict[str, Any]:
     return {"fixed_params": {"optimizer": optimizers[index % len(optimizers)]}}
 
 
-def _remember(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Put a trial claimed past Optuna's trial cache into it, as its create_new_trial() does:
-    the cache must know a trial before the trial's first parameter is set."""
-    cache = study._storage
-    if not isinstance(cache, _CachedStorage):
-        return
-    with cache._lock:
-        cached = cache._studies.setdefault(study._study_id, _StudyInfo())
-        cache._add_trials_to_cache(study._study_id, [trial])
-        cached.unfinished_trial_ids.add(trial._trial_id)  # re-read until it finishes
+#: The system attributes a re-run keeps from the trial it re-runs: a retry's stays a retry
+#: (outside the budget), a grid trial keeps its optimizer.
+_KEPT_BY_RERUNS = ("failed_trial", "retry_history", "fixed_params")
+
+
+def interrupt(study: optuna.Study, trial_id: int, reason: str) -> bool:
+    """End a RUNNING trial that was stopped for no fault of its own (Ctrl-C, its worker
+    cancelled, the database gone for good) and queue its re-run; False if it had finished.
+
+    It becomes FAIL with `reason` and ``tuner:interrupted``, which takes it out of the budget;
+    its re-run, a WAITING trial with the same parameters, counts instead, so an interrupted
+    study trains exactly its budget when resumed. Written in two transactions: if the second
+    never happens, the budget still has the trial's place, taken by a new trial.
+    """
+    storage = rdb_backend(internals.study_storage(study))
+    if not storage.fail_trial(trial_id, reason, {INTERRUPTED_KEY: True}):
+        return False
+    trial = storage.get_trial(trial_id)
+    kept = {key: trial.system_attrs[key] for key in _KEPT_BY_RERUNS if key in trial.system_attrs}
+    rerun = optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        params=trial.params,
+        distributions=trial.distributions,
+        system_attrs={**kept, "tuner:rerun_of": trial.number},
+    )
+    storage.create_new_trial(internals.study_id(study), template_trial=rerun)
+    return True
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail the study's stale trials, each with its ``fail_reason``, and queue their retries;
+    the numbers of those this call failed.
+
+    Optuna's own fail_stale_trials records no reason and judges staleness by heartbeats
+    alone; which trials are stale here is RetryingRDBStorage.stale_silences's rule, which
+    does not count an outage of the database as a worker's silence. Each retry is made by the
+    storage's stale-trial callback (Optuna's RetryHeartbeatStaleTrialCallback: once, with the
+    same parameters), from the trial as it was, without the reason it failed for.
+    """
+    storage = rdb_backend(internals.study_storage(study))
+    callback = storage.get_heartbeat_stale_trial_callback()
+    failed = []
+    for trial_id, silent in storage.stale_silences(internals.study_id(study)).items():
+        reason = f"no heartbeat for {silent:.0f} s: its worker died, or lost the database"
+        if not storage.fail_trial(trial_id, reason):
+            continue  # another process failed it, or its worker finished it, first
+        trial = storage.get_trial(trial_id)
+        failed.append(trial.number)
+        if callback is not None:
+            trial.user_attrs.pop("fail_reason")  # the retry starts without it
+            callback(study, trial)
+    return failed
+
+
+def resolve_abandoned(study_name: str, storage_url: str, execution: ExecutionSpec) -> list[int]:
+    """Fail (and queue the retries of) the study's trials that no live worker can be behind
+    any more, at once: what ``tuner status`` does before it shows a study, so that the trials
+    of a worker that lost its database for good do not show as RUNNING (see
+    RetryingRDBStorage.stale_silences). Returns their numbers."""
+    storage = open_storage(
+        storage_url,
+        heartbeat=(execution.heartbeat_seconds, execution.grace_seconds),
+        reconnect_seconds=execution.reconnect_seconds,
+    )
+    return fail_stale_trials(optuna.load_study(study_name=study_name, storage=storage))
 
 
 def outside_budget(trials: list[optuna.trial.FrozenTrial]) -> int:
     """How many trials the budget does not count: retries of trials whose worker died,
-    warm-start copies and confirmation runs (see tuner.storage.UNCOUNTED_KEYS)."""
+    interrupted trials (each re-run by one that counts), warm-start copies and confirmation
+    runs (see tuner.storage.UNCOUNTED_KEYS)."""
     return sum(any(key in trial.system_attrs for key in UNCOUNTED_KEYS) for trial in trials)
