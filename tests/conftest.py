@@ -96,6 +96,8 @@ def local_ray() -> Iterator[None]:
     shuts it down; the next user starts it again)."""
     import ray
 
+    from tuner.execution.ray import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        start_local_ray(2)
     yield

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tests.specs import build_spec
 from tuner import study as studies
 from tuner.spec import StudySpec
-from tuner.storage import open_storage
+from tuner.storage import INTERRUPTED_KEY, open_storage
 
 ROOT = Path(__file__).parent.parent
 QUICKSTART = ROOT / "studies" / "quickstart.toml"
@@ -120,7 +120,20 @@ def test_sigkilled_worker_trial_fails_and_is_retried_with_the_same_parameters(
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["worker"] == "rescuer"
 
 
-def test_ctrl_c_ends_the_running_trial_as_fail_and_exits_130(
+def assert_rerun_in_the_budget(trials: list[FrozenTrial], budget: int) -> None:
+    """Every interrupted trial was re-run with its parameters, and the budget trained exactly."""
+    interrupted = [t for t in trials if INTERRUPTED_KEY in t.system_attrs]
+    assert interrupted and all(t.state == TrialState.FAIL for t in interrupted)
+    reruns = {
+        t.system_attrs["tuner:rerun_of"]: t for t in trials if "tuner:rerun_of" in t.system_attrs
+    }
+    for trial in interrupted:
+        assert trial.params.items() <= reruns[trial.number].params.items()
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == budget
+    assert len(trials) == budget + len(interrupted)
+
+
+def test_ctrl_c_interrupts_the_running_trial_and_a_resume_reruns_it_in_the_budget(
     tuner_process: Callable[..., subprocess.Popen], sqlite_url: str
 ) -> None:
     spec = slow_spec("interrupted", trials=3)
@@ -136,10 +149,15 @@ def test_ctrl_c_ends_the_running_trial_as_fail_and_exits_130(
     wait_for(mid_trial, 60, "the worker to be in the middle of a trial")
     worker.send_signal(signal.SIGINT)
     assert worker.wait(timeout=60) == 130
-    assert "interrupted" in worker.stderr.read()
-    (trial,) = trials_of("interrupted", sqlite_url)
+    assert "re-run" in worker.stderr.read()
+    trial, rerun = trials_of("interrupted", sqlite_url)[-2:]
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "interrupted: the worker was stopped"
+    assert rerun.state == TrialState.WAITING and rerun.params == trial.params
+
+    resumed = tuner_process("worker", "interrupted", "--storage", sqlite_url)
+    assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
+    assert_rerun_in_the_budget(trials_of("interrupted", sqlite_url), budget=3)
 
 
 @pytest.mark.ray
@@ -364,7 +382,7 @@ def test_a_sigkilled_batched_worker_has_all_its_trials_retried(
     )
 
 
-def test_ctrl_c_ends_every_stacked_trial_as_fail(
+def test_ctrl_c_interrupts_every_stacked_trial(
     tuner_process: Callable[..., subprocess.Popen], sqlite_url: str
 ) -> None:
     studies.create_or_resume(stacked_spec("stacked-stop", trials=3), open_storage(sqlite_url))
@@ -377,5 +395,6 @@ def test_ctrl_c_ends_every_stacked_trial_as_fail(
     worker.send_signal(signal.SIGINT)
     assert worker.wait(timeout=60) == 130
     trials = trials_of("stacked-stop", sqlite_url)
-    assert [trial.state for trial in trials] == [TrialState.FAIL] * 3
-    assert {t.user_attrs["fail_reason"] for t in trials} == {"interrupted: the worker was stopped"}
+    assert [trial.state for trial in trials] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 3
+    reasons = {t.user_attrs.get("fail_reason") for t in trials[:3]}
+    assert reasons == {"interrupted: the worker was stopped"}

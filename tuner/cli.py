@@ -1,7 +1,8 @@
 """The ``tuner`` command: run studies, print the best configuration, fetch data sets.
 
-Every `TunerError` (bad study file, unreachable storage, unknown study) ends as one line on
-stderr and exit status 2; heavy libraries are imported only by the commands that need them.
+Every `TunerError` (bad study file, unreachable storage, unknown study, Ray failing) ends as
+one line on stderr and its exit status (2 for a mistake, 1 for a lost resource); heavy
+libraries are imported only by the commands that need them.
 """
 
 from __future__ import annotations
@@ -144,8 +145,14 @@ def _status(args: argparse.Namespace) -> int:
 
     from tuner.display import print_status
     from tuner.results import open_study
+    from tuner.spec import parse_spec
+    from tuner.study import resolve_abandoned
 
-    study, _ = open_study(args.study, args.storage)
+    study, url = open_study(args.study, args.storage)
+    recorded = study.user_attrs.get("spec")
+    if recorded is not None:  # a study `tuner run` made: its workers' heartbeat settings
+        spec = parse_spec(recorded, f"study {args.study!r}")
+        resolve_abandoned(args.study, url, spec.execution)
     print_status(Console(), study)
     return 0
 
@@ -332,9 +339,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except TunerError as error:
         print(f"tuner: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_status
     except KeyboardInterrupt:
-        print("tuner: interrupted; running trials were recorded as FAIL", file=sys.stderr)
+        print(
+            "tuner: interrupted; the running trials are re-run when the study is resumed",
+            file=sys.stderr,
+        )
         return 130
 
 

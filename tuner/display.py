@@ -111,7 +111,7 @@ class StudyProgress:
         self.progress.update(
             self.task,
             # Slots are laid down as workers go: the total is the budget, plus any retries,
-            # warm-start copies and confirmation runs.
+            # interrupted trials, warm-start copies and confirmation runs.
             total=self.budget + outside_budget(trials) if self.budget else None,
             completed=sum(counts[state] for state in FINISHED),
             pruned=outcomes["pruned"],

@@ -1,8 +1,9 @@
 """`run()`: create or resume a study, run its workers to the end of the budget, return it.
 
 The driver side of a study: it checks the storage and the workload's data, creates or resumes
-the study, launches the workers on Ray and, if interrupted, makes sure no trial of its workers
-is left RUNNING.
+the study, launches the workers on Ray and, if interrupted (Ctrl-C, Ray failing, the database
+gone past the retry window), makes sure no trial of its workers that it can still mark is left
+RUNNING: each is re-run when the study resumes.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import confirmation, warm_start
+from tuner import optuna_internals as internals
 from tuner import study as studies
-from tuner.errors import StorageError
+from tuner.errors import ExecutionError, StorageError, StorageUnreachableError
 from tuner.spec import StudySpec, parse_spec
-from tuner.storage import open_storage, resolve_storage_url
+from tuner.storage import open_storage, rdb_backend, resolve_storage_url
 from tuner.workloads import preflight
 
 
@@ -52,16 +54,16 @@ def with_overrides(
     return parse_spec(data, "command line")
 
 
-def _fail_orphans(study: optuna.Study, run_id: str) -> None:
-    """Fail the RUNNING trials of this run's workers (after Ctrl-C), recording why."""
-    storage = study._storage
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if str(trial.user_attrs.get("worker", "")).startswith(run_id):
-            try:
-                storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted by Ctrl-C")
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # its worker finished it first
+def _interrupt_orphans(study: optuna.Study, run_id: str, reason: str) -> None:
+    """Interrupt the RUNNING trials of this run's workers (they are stopped), recording why:
+    each is re-run when the study resumes. Trials it cannot mark (the database is gone) are
+    left to the next process that opens the study (RetryingRDBStorage.stale_silences)."""
+    try:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if str(trial.user_attrs.get("worker", "")).startswith(run_id):
+                studies.interrupt(study, internals.trial_id(trial), reason)
+    except StorageUnreachableError:
+        pass  # the error that stops the run says so already
 
 
 def warm_start_sources(spec: StudySpec, url: str) -> list[warm_start.Source]:
@@ -120,6 +122,8 @@ def run(
 
     Raises:
         StorageError: the storage cannot be reached, or is SQLite for a multi-machine cluster.
+        StorageUnreachableError: the storage was lost for longer than the retry window.
+        ExecutionError: Ray failed under the study (its trials are re-run on resume).
         DatasetMissingError: the workload's data files are not on this machine.
         SpecError: the study exists with another search space or warm start, a warm-start
             study trains another workload or metric, or no Ray node can hold a worker's CPUs
@@ -154,7 +158,15 @@ def run(
             if queued.runs:
                 run_on_ray(queued_only(study, spec), url, run_id, None, tick)
     except KeyboardInterrupt:
-        _fail_orphans(study, run_id)
+        _interrupt_orphans(study, run_id, "interrupted by Ctrl-C")
+        raise
+    except StorageUnreachableError as error:
+        # A worker's word for it: this process tries each mark once, not for a new window.
+        rdb_backend(internals.study_storage(study)).assume_unreachable_since(error.since)
+        _interrupt_orphans(study, run_id, f"interrupted: {error}")
+        raise
+    except ExecutionError as error:
+        _interrupt_orphans(study, run_id, f"interrupted: {error}")
         raise
     return study
 

@@ -1,11 +1,14 @@
 """Launch the worker loop as long-lived Ray tasks: one per worker, resources from Ray.
 
 The only module that imports ray. Without a cluster address a private local instance is
-started; with one (``HOST:6379``) the driver attaches and Ray places workers on its nodes.
+started, reachable from this machine only (start_local_ray); with one (``HOST:6379``) the
+driver attaches and Ray places workers on its nodes, bound where that cluster was started.
+Ray failing under a study ends it with one line (ExecutionError), its trials re-run on resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -13,17 +16,37 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+import ray.exceptions
+from ray._private import ray_constants
+from ray._private.authentication import authentication_token_setup as ray_auth_setup
 
-from tuner.errors import ClusterUnreachableError, SpecError
+from tuner.errors import ClusterUnreachableError, ExecutionError, SpecError, TunerError
 from tuner.execution.worker import WorkerSummary, run_worker
 from tuner.spec import ExecutionSpec, StudySpec
 
 #: Ray retries a worker task whose process died (SIGKILL, lost node) this many times.
 WORKER_RETRIES = 3
-#: Seconds cancelled workers get to record their trials as FAIL before they are killed.
+#: Seconds cancelled workers get to record their trials as interrupted before they are killed.
 CANCEL_GRACE_SECONDS = 5.0
 #: Seconds the driver waits for a cluster address to answer before saying it does not.
 RAY_CONNECT_SECONDS = 10.0
+#: Ray's settings for a local instance. Its workers run at niceness 0: Ray's default, 15,
+#: made a worker's epoch up to 1.4× slower than the same loop outside Ray on a machine with
+#: other load. And a busy machine must not bring it down: by default the GCS marks a raylet
+#: dead after a few health checks of a few seconds go unanswered, which a loaded 2-core
+#: machine can miss (the raylet is alive, only starved); a raylet that has really died takes
+#: its workers with it, and the driver learns of it anyway. So: a check every 10 s, 60 s to
+#: answer, 30 misses (5 minutes) before the node is declared dead, and as long before a
+#: raylet gives up on a starved GCS.
+LOCAL_SYSTEM_CONFIG = {
+    "worker_niceness": 0,
+    "health_check_period_ms": 10_000,
+    "health_check_timeout_ms": 60_000,
+    "health_check_failure_threshold": 30,
+    "gcs_rpc_server_reconnect_timeout_s": 300,
+}
+#: Ray's switch for a node that is no cluster (ray._private.services.get_node_ip_address).
+_NO_CLUSTER_VARIABLE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
 
 
 def _worker_task(
@@ -102,13 +125,58 @@ def _check_resources(execution: ExecutionSpec) -> None:
             )
 
 
-def start_ray(execution: ExecutionSpec) -> None:
-    """Attach to the cluster at ``ray_address``, or start a local Ray, and check that it can
-    run the workers; before anything is written, so a mistake leaves no study behind.
+class _TokenNotice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled for this Ray cluster…" notice, which Ray
+    logs at every start of a local instance: it concerns no user of a study bound to
+    loopback. (Setting RAY_AUTH_MODE=token would silence it too, but Ray reads the mode when
+    it is imported, and a driver that changed it afterwards connects without its token.)"""
 
-    A local Ray runs its workers at niceness 0 (Ray's default, 15, made a worker's epoch up to
-    1.4× slower than the same loop outside Ray on a machine with other load); on a cluster
-    the niceness is what ``ray start`` was given (``RAY_worker_niceness=0 ray start …``).
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+logging.getLogger(ray_auth_setup.__name__).addFilter(_TokenNotice())
+
+
+def start_local_ray(cpus: int) -> None:
+    """Start a private Ray instance on this machine, reachable from it only, with
+    LOCAL_SYSTEM_CONFIG.
+
+    Ray binds its servers (GCS, raylet, object manager, every worker and the driver, the
+    metrics agent) to the node's address, which on Linux is the machine's network address:
+    anyone on the network could reach them. On Windows and macOS Ray binds to 127.0.0.1
+    instead, unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER says the node joins a cluster; a local
+    study is no cluster, so it starts Ray with that switch off: in the environment of the
+    processes Ray starts, and in this process, where Ray read it at import. Both are put back
+    once Ray is up (its processes keep what they were started with).
+
+    Token authentication stays on, Ray's default for a local instance, without Ray's notice
+    of that default on every run (see _TokenNotice).
+    """
+    saved = os.environ.get(_NO_CLUSTER_VARIABLE), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_NO_CLUSTER_VARIABLE] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            _system_config=LOCAL_SYSTEM_CONFIG,
+        )
+    finally:
+        if saved[0] is None:
+            del os.environ[_NO_CLUSTER_VARIABLE]
+        else:
+            os.environ[_NO_CLUSTER_VARIABLE] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+
+
+def start_ray(execution: ExecutionSpec) -> None:
+    """Attach to the cluster at ``ray_address``, or start a local Ray (start_local_ray), and
+    check that it can run the workers; before anything is written, so a mistake leaves no
+    study behind. On a cluster the workers' niceness is what ``ray start`` was given
+    (``RAY_worker_niceness=0 ray start …``).
 
     Raises:
         ClusterUnreachableError: the cluster address does not answer.
@@ -121,15 +189,25 @@ def start_ray(execution: ExecutionSpec) -> None:
                 address=execution.ray_address, logging_level=logging.WARNING, log_to_driver=False
             )
         else:
-            cpus = max(usable_cpus(), round(execution.workers * cpus_per_worker(execution)))
-            ray.init(
-                num_cpus=cpus,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-                _system_config={"worker_niceness": 0},
+            start_local_ray(
+                max(usable_cpus(), round(execution.workers * cpus_per_worker(execution)))
             )
     _check_resources(execution)
+
+
+def _as_tuner_error(error: BaseException) -> BaseException:
+    """What the driver raises for an error out of Ray: a worker's TunerError as itself (a
+    database gone for good: StorageUnreachableError), Ray failing as one ExecutionError line,
+    anything else (Ctrl-C, a bug in a worker) as it is."""
+    if isinstance(error, ray.exceptions.RayTaskError):
+        return error.cause if isinstance(error.cause, TunerError) else error
+    if isinstance(error, ray.exceptions.RayError):
+        what = (str(error).strip().splitlines() or [""])[0]
+        return ExecutionError(
+            f"Ray failed under the study ({type(error).__name__}: {what}); finished trials are "
+            "saved and running ones are re-run: run the same `tuner run` again to resume"
+        )
+    return error
 
 
 def run_on_ray(
@@ -143,7 +221,13 @@ def run_on_ray(
     """Run the spec's workers on Ray until all have finished; call `on_tick` while waiting.
     `timeout` (seconds) counts from the run's first trial (see run_worker).
 
-    On KeyboardInterrupt the worker tasks are cancelled before the exception propagates.
+    On KeyboardInterrupt, or any error, the worker tasks are cancelled before the exception
+    propagates.
+
+    Raises:
+        ExecutionError: Ray failed (the local raylet died, a node was lost for good).
+        StorageUnreachableError: a worker lost the study database for longer than the
+            retry window.
     """
     execution = spec.execution
     start_ray(execution)
@@ -166,11 +250,16 @@ def run_on_ray(
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=tick_seconds)
             on_tick()
         return ray.get(refs)
-    except BaseException:
-        # A polite cancel first lets each worker tell its trial FAIL; then force the rest.
-        for ref in refs:
-            ray.cancel(ref)
-        _, stuck = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_SECONDS)
-        for ref in stuck:
-            ray.cancel(ref, force=True)
-        raise
+    except BaseException as error:
+        # A polite cancel first lets each worker mark its trials interrupted; then force the
+        # rest. Ray that failed may refuse both: its workers are gone with it.
+        with contextlib.suppress(ray.exceptions.RayError):
+            for ref in refs:
+                ray.cancel(ref)
+            _, stuck = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_SECONDS)
+            for ref in stuck:
+                ray.cancel(ref, force=True)
+        translated = _as_tuner_error(error)
+        if translated is error:
+            raise
+        raise translated from None

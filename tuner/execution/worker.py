@@ -8,7 +8,9 @@ soon as a trial ends its place goes to a newly claimed one. Whichever way a tria
 judged, reported, pruned and told on its own (tuner.train.close_epoch).
 
 Optuna beats heartbeats and sweeps stale trials only inside ``study.optimize()``; under
-ask/tell this loop does both.
+ask/tell this loop does both. A worker whose database stays unreachable for the retry window
+stops: its trials are interrupted where it can still mark them (re-run on resume), and the
+next process to open the study resolves those it cannot (tuner.storage.RetryingRDBStorage).
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ import torch
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from tuner import optuna_internals as internals
 from tuner import study as studies
 from tuner.artifacts import LearningCurveRecorder, TrialRecorder
 from tuner.config import TrainingConfig
+from tuner.errors import StorageUnreachableError
 from tuner.results import DIVERGED_ATTR
 from tuner.space import sample_config
 from tuner.spec import StudySpec
@@ -76,15 +80,29 @@ class WorkerSummary:
     trials: int = 0
 
 
+@dataclass
+class _Beats:
+    """What the heartbeat thread tells the loop: the database it gave up on, if it did."""
+
+    lost: StorageUnreachableError | None = None
+
+    def check(self) -> None:
+        """Raise the heartbeat's StorageUnreachableError: the worker must stop."""
+        if self.lost is not None:
+            raise self.lost
+
+
 @contextmanager
 def heartbeat(
     storage: optuna.storages.RDBStorage, trial_ids: Callable[[], Iterable[int]]
-) -> Iterator[None]:
+) -> Iterator[_Beats]:
     """Record a heartbeat for each trial named by `trial_ids()` every interval while the body
-    runs (training blocks the loop)."""
+    runs (training blocks the loop); once the database has been unreachable for the retry
+    window, stop beating and say so (the loop checks between steps)."""
+    beats = _Beats()
     interval = storage.get_heartbeat_interval()
     if interval is None:
-        yield
+        yield beats
         return
     stop = threading.Event()
 
@@ -93,13 +111,16 @@ def heartbeat(
             try:
                 for trial_id in trial_ids():
                     storage.record_heartbeat(trial_id)
+            except StorageUnreachableError as error:
+                beats.lost = error
+                return
             except Exception:  # a missed beat is retried next interval; the trials go on
                 logger.warning("heartbeat failed", exc_info=True)
 
     thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
     thread.start()
     try:
-        yield
+        yield beats
     finally:
         stop.set()
         thread.join()
@@ -161,13 +182,16 @@ class _Alone:
 def settle(run: Callable[[], float]) -> tuple[TrialState, float | None, str | None]:
     """Run the part of a trial that may end it and say how it went: COMPLETE with the value,
     PRUNED, PRUNED with the reason it diverged (see `_finish`), or FAIL with the reason.
-    Ctrl-C and cancellation propagate."""
+    Ctrl-C, cancellation and a database gone for good propagate: they stop the worker,
+    through no fault of the trial."""
     try:
         return TrialState.COMPLETE, run(), None
     except optuna.TrialPruned:
         return TrialState.PRUNED, None, None
     except TrialDiverged as error:
         return TrialState.PRUNED, None, str(error)
+    except StorageUnreachableError:
+        raise
     except Exception as error:
         logger.error("trial failed:\n%s", traceback.format_exc())
         return TrialState.FAIL, None, f"{type(error).__name__}: {error}"
@@ -198,7 +222,7 @@ class _Running:
         return len(self.slots)
 
     def trial_ids(self) -> list[int]:
-        return [slot.trial._trial_id for slot in list(self.slots.values())]
+        return [internals.trial_id(slot.trial) for slot in list(self.slots.values())]
 
     def start(self, trial: optuna.Trial) -> None:
         """Sample a claimed trial's configuration, record it, and give the trial a place."""
@@ -206,12 +230,12 @@ class _Running:
         self.slots[trial.number] = slot
         storage = rdb_backend(trial.storage)
         if storage.get_heartbeat_interval() is not None:
-            storage.record_heartbeat(trial._trial_id)
+            storage.record_heartbeat(internals.trial_id(trial))
 
         def place() -> float:
             slot.config = sample_config(trial, self.spec)
             storage.set_trial_user_attrs(
-                trial._trial_id, {**self.identity, "config": slot.config.to_dict()}
+                internals.trial_id(trial), {**self.identity, "config": slot.config.to_dict()}
             )
             if self.user_loop is None:
                 self._place(trial.number, slot)
@@ -233,6 +257,8 @@ class _Running:
             state, ended, reason = TrialState.COMPLETE, [], None
             try:
                 ended = group.step()
+            except StorageUnreachableError:
+                raise
             except Exception as error:  # the group's shared step failed: so did its trials
                 logger.error("training step failed:\n%s", traceback.format_exc())
                 state, reason = TrialState.FAIL, f"{type(error).__name__}: {error}"
@@ -247,14 +273,20 @@ class _Running:
             if not group.keys:
                 del self.groups[key]
 
-    def fail_all(self, reason: str) -> None:
-        """End every trial still training as FAIL (the worker is stopping); one that cannot
-        be told now is left to go stale and be retried by another worker."""
-        for number in list(self.slots):
+    def stop_all(self, reason: str, interrupted: bool) -> None:
+        """End every trial still training (the worker is stopping): `interrupted`, for no
+        fault of the trials, each is re-run when the study resumes (tuner.study.interrupt);
+        otherwise it is told FAIL. One that cannot be marked now is left to go stale and be
+        retried."""
+        for number, slot in list(self.slots.items()):
             try:
-                self._end(number, TrialState.FAIL, None, reason)
-            except Exception:
-                logger.warning("could not record trial %d as failed", number, exc_info=True)
+                if interrupted:
+                    studies.interrupt(self.study, internals.trial_id(slot.trial), reason)
+                    del self.slots[number]
+                else:
+                    self._end(number, TrialState.FAIL, None, reason)
+            except Exception as error:
+                logger.warning("could not record trial %d as stopped: %s", number, error)
         self.groups.clear()
 
     def _stacking(self) -> bool:
@@ -342,7 +374,7 @@ def _finish(
     # Before tell: a finished trial takes no more attributes.
     recorder.record(trial, state, record.curve, attributes["wall_seconds"])
     try:
-        rdb_backend(trial.storage).set_trial_user_attrs(trial._trial_id, attributes)
+        rdb_backend(trial.storage).set_trial_user_attrs(internals.trial_id(trial), attributes)
         # A pruned trial keeps its last reported value, as in study.optimize().
         study.tell(trial, value if state is TrialState.COMPLETE else None, state=state)
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -408,7 +440,9 @@ def run_worker(
     summary = WorkerSummary(worker or f"{socket.gethostname()}:{os.getpid()}")
     execution = spec.execution
     storage = open_storage(
-        storage_url, heartbeat=(execution.heartbeat_seconds, execution.grace_seconds)
+        storage_url,
+        heartbeat=(execution.heartbeat_seconds, execution.grace_seconds),
+        reconnect_seconds=execution.reconnect_seconds,
     )
     study = studies.load(spec, storage, stream)
     device = pick_device()
@@ -421,12 +455,17 @@ def run_worker(
     idle_since: float | None = None
     swept = next_claim = 0.0
     deadline: float | None = None
-    with heartbeat(storage, running.trial_ids):
+    # Idle with others' trials running, wait long enough to see a dead worker's trial go
+    # stale (grace, heard from the database: see RetryingRDBStorage.stale_silences) and be
+    # swept (once a heartbeat interval), and to claim its retry.
+    patience = execution.grace_seconds + 2 * execution.heartbeat_seconds
+    with heartbeat(storage, running.trial_ids) as beats:
         try:
             while True:
+                beats.check()
                 now = time.monotonic()
                 if now - swept >= execution.heartbeat_seconds:  # staleness moves no faster
-                    optuna.storages.fail_stale_trials(study)
+                    studies.fail_stale_trials(study)
                     swept = now
                 claiming = deadline is None or time.time() < deadline
                 if claiming and len(running) < capacity and now >= next_claim and stop:
@@ -445,16 +484,18 @@ def run_worker(
                     running.step()
                     continue
                 idle_since = idle_since or now
-                waited = now - idle_since
-                if (
-                    not claiming
-                    or not _others_running(study)
-                    or waited > execution.grace_seconds + execution.heartbeat_seconds
-                ):
+                waited = min(now - idle_since, storage.seconds_in_contact())
+                if not claiming or not _others_running(study) or waited > patience:
                     break
                 time.sleep(IDLE_POLL_SECONDS)
-        except BaseException:  # Ctrl-C or the task being cancelled: end the trials, then stop
-            running.fail_all("interrupted: the worker was stopped")
+        except KeyboardInterrupt:  # Ctrl-C, or the Ray task cancelled: re-run on resume
+            running.stop_all("interrupted: the worker was stopped", interrupted=True)
+            raise
+        except StorageUnreachableError as error:
+            running.stop_all(f"interrupted: {error}", interrupted=True)
+            raise
+        except BaseException as error:
+            running.stop_all(f"the worker stopped: {type(error).__name__}: {error}", False)
             raise
         finally:
             summary.trials = running.finished
