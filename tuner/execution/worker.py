@@ -329,7 +329,7 @@ class _Running:
 
     def _end(self, number: int, state: TrialState, value: float | None, reason: str | None):
         # Told before it leaves `slots`: if the storage fails here, the trial keeps its
-        # heartbeat and `fail_all` still ends it.
+        # heartbeat and `stop_all` still ends it.
         _finish(self.study, self.slots[number], self.device, self.recorder, state, value, reason)
         del self.slots[number]
         self.finished += 1
