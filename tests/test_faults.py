@@ -6,11 +6,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
 
+from tests.conftest import PrivatePostgres
 from tests.specs import build_spec
 from tuner import study as studies
 from tuner.spec import StudySpec
@@ -39,29 +39,6 @@ def slow_spec(name: str, trials: int, epochs: int = 20, **execution: Any) -> Stu
         pruner={"name": "none"},
         execution={**FAST_HEARTBEAT, **execution},
     )
-
-
-@pytest.fixture
-def tuner_process() -> Iterator[Callable[..., subprocess.Popen]]:
-    """Start ``tuner`` commands as real processes; any still running at teardown is killed."""
-    started: list[subprocess.Popen] = []
-
-    def start(*args: str) -> subprocess.Popen:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tuner.cli", *args],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -118,6 +95,9 @@ def test_sigkilled_worker_trial_fails_and_is_retried_with_the_same_parameters(
     (retry,) = assert_finished_with_retries(trials, budget=4)
     assert retry.system_attrs["failed_trial"] == killed.number
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["worker"] == "rescuer"
+    (failed,) = [t for t in trials if t.number == killed.number]
+    assert failed.user_attrs["fail_reason"].startswith("no heartbeat for")
+    assert "fail_reason" not in retry.user_attrs
 
 
 def assert_rerun_in_the_budget(trials: list[FrozenTrial], budget: int) -> None:
@@ -334,6 +314,72 @@ def test_losing_a_ray_node_fails_its_trial_and_the_study_finishes(postgres_url: 
         cluster.shutdown()
         if name in optuna.get_all_study_names(open_storage(postgres_url)):
             optuna.delete_study(study_name=name, storage=open_storage(postgres_url))
+
+
+def test_an_outage_longer_than_grace_inside_the_retry_window_fails_no_trial(
+    tuner_process: Callable[..., subprocess.Popen], private_postgres: PrivatePostgres
+) -> None:
+    """Time the database was unreachable is nobody's silence: two workers in the middle of
+    their trials when PostgreSQL stops for three times grace finish them, none failed."""
+    url = private_postgres.url
+    spec = slow_spec("outage", trials=4, epochs=40, reconnect_seconds=60)
+    studies.create_or_resume(spec, open_storage(url))
+    workers = [tuner_process("worker", "outage", "--storage", url) for _ in range(2)]
+    wait_for(lambda: len(running_by("outage", url)) == 2, 120, "two trials under way")
+    private_postgres.stop()
+    time.sleep(3 * FAST_HEARTBEAT["grace_seconds"])
+    private_postgres.start()
+    for worker in workers:
+        assert worker.wait(timeout=180) == 0, worker.stderr.read()
+    trials = trials_of("outage", url)
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 4
+
+
+@pytest.mark.ray
+def test_an_outage_past_the_retry_window_ends_the_run_in_one_line_and_status_resolves_it(
+    tuner_process: Callable[..., subprocess.Popen],
+    private_postgres: PrivatePostgres,
+    tmp_path: Path,
+) -> None:
+    url, window = private_postgres.url, 5
+    study_file = tmp_path / "outage.toml"
+    study_file.write_text(
+        'name = "outage"\n'
+        '[workload]\nname = "rosenbrock"\noptions = { steps_per_epoch = 200 }\n'
+        '[search]\noptimizers = ["adam"]\nweight_decay = "off"\n'
+        "[budget]\ntrials = 4\nepochs = 400\n"
+        '[pruner]\nname = "none"\n'
+        "[execution]\nheartbeat_seconds = 1\ngrace_seconds = 3\n"
+        f"reconnect_seconds = {window}\n"
+    )
+    driver = tuner_process("run", str(study_file), "--storage", url)
+
+    def under_way() -> bool:
+        try:
+            return bool(running_by("outage", url))
+        except KeyError:  # no study yet
+            return False
+
+    wait_for(under_way, 120, "a trial under way")
+    private_postgres.stop()
+    stopped = time.monotonic()
+    assert driver.wait(timeout=120) == 1
+    lines = driver.stderr.read().strip().splitlines()
+    assert not any("Traceback" in line for line in lines), lines
+    assert lines[-1].startswith("tuner: error: the study database"), lines
+    assert "has been unreachable since" in lines[-1]
+    assert sum("tuner: error" in line for line in lines) == 1
+    # The database comes back once no worker can be alive behind the trials it left RUNNING
+    # (silent for longer than the window and two heartbeats): the next command resolves them.
+    time.sleep(max(0.0, stopped + window + 2 * 1 + 2 - time.monotonic()))
+    private_postgres.start()
+    status = tuner_process("status", "outage", "--storage", url)
+    assert status.wait(timeout=120) == 0, status.stderr.read()
+    trials = trials_of("outage", url)
+    assert not [trial for trial in trials if trial.state == TrialState.RUNNING]
+    stopped_trials = [trial for trial in trials if trial.state == TrialState.FAIL]
+    assert stopped_trials
+    assert all(trial.user_attrs.get("fail_reason") for trial in stopped_trials)
 
 
 def stacked_spec(name: str, trials: int) -> StudySpec:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 import pytest
@@ -12,7 +17,7 @@ from optuna.trial import TrialState
 import tuner
 from tuner.runner import with_overrides
 from tuner.spec import StudySpec
-from tuner.storage import open_storage
+from tuner.storage import INTERRUPTED_KEY, open_storage
 
 pytestmark = pytest.mark.ray
 
@@ -68,3 +73,105 @@ def test_a_worker_uses_the_cpus_it_holds_at_niceness_0(
     (epoch,) = trial.user_attrs["curve"]
     assert epoch["torch_threads"] == usable_cpus()
     assert epoch["niceness"] == os.getpriority(os.PRIO_PROCESS, 0)  # the driver's own
+
+
+QUICKSTART = Path(__file__).parent.parent / "studies" / "quickstart.toml"
+#: Addresses only this machine reaches.
+LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process under it (Ray's GCS, raylet, agents and workers are)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue  # ended meanwhile
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
+def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of each TCP socket the processes listen on, read from
+    /proc: the socket inodes each holds, matched with /proc/net/tcp and tcp6."""
+    owners = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owners[target[8:-1]] = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            address, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in owners:  # 0A: LISTEN
+                continue
+            host, port = address.split(":")
+            raw = bytes.fromhex(host)  # 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append((owners[inode], socket.inet_ntop(family, raw), int(port, 16)))
+    return found
+
+
+def _start_run(tuner_process: Callable[..., subprocess.Popen], url: str) -> subprocess.Popen:
+    """`tuner run` of the quickstart, trials long enough to be caught under way."""
+    settings = ["budget.epochs=400", "pruner.name='none'", "execution.heartbeat_seconds=1"]
+    settings.append("execution.grace_seconds=3")
+    arguments = [argument for setting in settings for argument in ("--set", setting)]
+    driver = tuner_process("run", str(QUICKSTART), "--storage", url, *arguments)
+    deadline = time.monotonic() + 180
+    while not _running(url):
+        assert driver.poll() is None, driver.stderr.read()
+        assert time.monotonic() < deadline, "no trial started"
+        time.sleep(0.5)
+    return driver
+
+
+def _running(url: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        trials = optuna.load_study(study_name="quickstart", storage=open_storage(url)).trials
+    except KeyError:  # no study yet
+        return []
+    return [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values]
+
+
+def test_a_local_run_listens_on_loopback_only_and_prints_no_token_notice(
+    tuner_process: Callable[..., subprocess.Popen], tmp_path: Path
+) -> None:
+    driver = _start_run(tuner_process, f"sqlite:///{tmp_path / 'studies.db'}")
+    listening = _listening(_descendants(driver.pid))
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=120) == 130
+    assert {"gcs_server", "raylet"} <= {name for name, _, _ in listening}, listening
+    assert all(address.startswith(LOOPBACK) for _, address, _ in listening), listening
+    assert "Token authentication" not in driver.stderr.read()
+
+
+def test_ray_failing_under_a_run_ends_it_in_one_line_and_leaves_no_trial_running(
+    tuner_process: Callable[..., subprocess.Popen], tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    driver = _start_run(tuner_process, url)
+    (raylet,) = [
+        pid
+        for pid in _descendants(driver.pid)
+        if Path(f"/proc/{pid}/comm").read_text() == "raylet\n"
+    ]
+    os.kill(raylet, signal.SIGKILL)
+    assert driver.wait(timeout=180) == 1
+    lines = driver.stderr.read().strip().splitlines()
+    assert lines[-1].startswith("tuner: error: Ray failed under the study"), lines
+    assert not any("Traceback" in line for line in lines), lines
+    trials = optuna.load_study(study_name="quickstart", storage=open_storage(url)).trials
+    assert not [trial for trial in trials if trial.state == TrialState.RUNNING]
+    assert any(INTERRUPTED_KEY in trial.system_attrs for trial in trials)

@@ -74,7 +74,7 @@ def warm_start_sources(spec: StudySpec, url: str) -> list[warm_start.Source]:
         SpecError: a warm-start study trains another workload or metric.
         StudyNotFoundError: a warm-start study is not in the storage.
     """
-    storage = open_storage(url)
+    storage = open_storage(url, reconnect_seconds=spec.execution.reconnect_seconds)
     if spec.name in optuna.get_all_study_names(storage):
         return []
     return warm_start.check_sources(spec, storage, url)
@@ -93,7 +93,7 @@ def create_study(
     """
     if sources is None:
         sources = warm_start_sources(spec, url)
-    storage = open_storage(url)
+    storage = open_storage(url, reconnect_seconds=spec.execution.reconnect_seconds)
     study = studies.create_or_resume(spec, storage)
     if not sources:
         return study, []

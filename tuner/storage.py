@@ -361,15 +361,9 @@ class RetryingRDBStorage(FastRDBStorage):
                 if not _is_transient(error):
                     self._heard_from_database()
                     raise
-                since, since_wall = self._lost_contact()
+                since, since_wall = self._lost_contact(name, error)
                 if time.monotonic() + delay > since + self.reconnect_seconds:
                     raise StorageUnreachableError(mask_url(self.url), since_wall) from error
-                logger.warning(
-                    "storage unreachable in %s (%s); retrying in %.2g s",
-                    name,
-                    type(error).__name__,
-                    delay,
-                )
                 time.sleep(delay)
                 delay = min(2 * delay, longest)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -379,15 +373,31 @@ class RetryingRDBStorage(FastRDBStorage):
                 self._heard_from_database()
                 return result
 
-    def _lost_contact(self) -> tuple[float, datetime]:
+    def _lost_contact(self, name: str, error: BaseException) -> tuple[float, datetime]:
+        """Note that a call found the database unreachable; when it has been since (monotonic
+        and wall clock). Said once an outage, not once a try."""
         with self._contact_lock:
             self._in_contact_since = None
             if self._unreachable_since is None:
                 self._unreachable_since = (time.monotonic(), datetime.now(UTC))
+                logger.warning(
+                    "storage %s unreachable in %s (%s); retrying for up to %.0f s",
+                    mask_url(self.url),
+                    name,
+                    type(error).__name__,
+                    self.reconnect_seconds,
+                )
             return self._unreachable_since
 
     def _heard_from_database(self) -> None:
+        """Note that the database answered (the outage, if any, is over)."""
         with self._contact_lock:
+            if self._unreachable_since is not None:
+                logger.warning(
+                    "storage %s reachable again after %.0f s",
+                    mask_url(self.url),
+                    time.monotonic() - self._unreachable_since[0],
+                )
             self._unreachable_since = None
             if self._in_contact_since is None:
                 self._in_contact_since = time.monotonic()

@@ -195,6 +195,16 @@ def start_ray(execution: ExecutionSpec) -> None:
     _check_resources(execution)
 
 
+def _dead_ray_processes() -> list[str]:
+    """The kinds of the Ray processes this driver started (a local instance's raylet, GCS…)
+    that have died. Ray's own health checks would notice a dead raylet only after the
+    minutes LOCAL_SYSTEM_CONFIG gives them, and the driver would wait for its workers until
+    then: so the driver looks itself (Ray's Node object holds the processes it started; it
+    holds none when the driver attached to a cluster)."""
+    node = ray._private.worker._global_node
+    return [] if node is None else sorted({kind for kind, _ in node.dead_processes()})
+
+
 def _as_tuner_error(error: BaseException) -> BaseException:
     """What the driver raises for an error out of Ray: a worker's TunerError as itself (a
     database gone for good: StorageUnreachableError), Ray failing as one ExecutionError line,
@@ -203,11 +213,15 @@ def _as_tuner_error(error: BaseException) -> BaseException:
         return error.cause if isinstance(error.cause, TunerError) else error
     if isinstance(error, ray.exceptions.RayError):
         what = (str(error).strip().splitlines() or [""])[0]
-        return ExecutionError(
-            f"Ray failed under the study ({type(error).__name__}: {what}); finished trials are "
-            "saved and running ones are re-run: run the same `tuner run` again to resume"
-        )
+        return _ray_failed(f"{type(error).__name__}: {what}")
     return error
+
+
+def _ray_failed(what: str) -> ExecutionError:
+    return ExecutionError(
+        f"Ray failed under the study ({what}); finished trials are saved and running ones are "
+        "re-run: run the same `tuner run` again to resume"
+    )
 
 
 def run_on_ray(
@@ -248,6 +262,8 @@ def run_on_ray(
     try:
         while pending:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=tick_seconds)
+            if dead := _dead_ray_processes():
+                raise _ray_failed(f"its {', '.join(dead)} died")
             on_tick()
         return ray.get(refs)
     except BaseException as error:
