@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 import torch
 
+from tuner import optuna_internals as internals
 from tuner.config import TrainingConfig
 from tuner.spec import StudySpec, parse_spec
 from tuner.train import TrainingRecord, TrialDiverged
@@ -101,7 +102,7 @@ def _publish(trial: Trial, stopped: BaseException | None) -> None:
         attributes[STOP_ATTRIBUTE] = {"kind": kind, "reason": str(stopped)}
     storage = trial.optuna_trial.storage
     for key, value in attributes.items():
-        storage.set_trial_user_attr(trial.optuna_trial._trial_id, key, value)
+        storage.set_trial_user_attr(internals.trial_id(trial.optuna_trial), key, value)
 
 
 def run_script(spec: StudySpec, storage_url: str, trial: Trial) -> float:
@@ -118,7 +119,7 @@ def run_script(spec: StudySpec, storage_url: str, trial: Trial) -> float:
     handed = {
         "storage": storage_url,
         "study": spec.name,
-        "trial_id": trial.optuna_trial._trial_id,
+        "trial_id": internals.trial_id(trial.optuna_trial),
         "seed": trial.seed,
         "device": str(trial.device),
         "config": trial.config.to_dict(),
@@ -151,7 +152,7 @@ def interpreted(command: list[str]) -> list[str]:
 
 def _settle_script(trial: Trial, command: list[str], status: int, tail: list[str]) -> float:
     """What the script's exit and its reports in storage make of the trial."""
-    frozen = trial.optuna_trial.storage.get_trial(trial.optuna_trial._trial_id)
+    frozen = trial.optuna_trial.storage.get_trial(internals.trial_id(trial.optuna_trial))
     trial.record.curve = list(frozen.user_attrs.get("curve", []))
     trial.record.epochs_run = int(frozen.user_attrs.get("epochs_run", 0))
     stop = frozen.user_attrs.get(STOP_ATTRIBUTE)
