@@ -19,7 +19,6 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 import tuner
-from tests import test_faults
 from tests.test_faults import assert_finished_with_retries, wait_for
 from tuner import study as studies
 from tuner.cli import main
@@ -29,9 +28,6 @@ from tuner.results import is_result
 from tuner.runner import with_overrides
 from tuner.spec import StudySpec, load_spec
 from tuner.storage import open_storage
-
-#: `tuner` commands as real processes, killed at teardown.
-tuner_process = test_faults.tuner_process
 
 #: A linear regression trained with the trial's optimizer; the module name is a placeholder,
 #: made unique per test (Python caches imported modules by name, in tests and in Ray workers).
