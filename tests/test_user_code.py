@@ -371,9 +371,10 @@ def test_stopping_the_worker_ends_a_script_trial_and_its_process_tree(
     wait_for(lambda: not any(_alive(pid) for pid in pids), 15, "the script's processes to end")
     if stop == signal.SIGKILL:
         return  # its trial goes stale and is retried, as test_faults shows
-    (trial,) = trials_of(spec, sqlite_url)
+    trial, rerun = trials_of(spec, sqlite_url)
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "interrupted: the worker was stopped"
+    assert rerun.state == TrialState.WAITING  # re-run when the study resumes
 
 
 def test_a_function_study_resumes_from_another_folder_and_says_what_it_runs(
