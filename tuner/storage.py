@@ -591,7 +591,7 @@ def _build_trials(rows: list[Any]) -> list[FrozenTrial]:
                 distributions=distributions,
                 user_attrs=user_attrs,
                 system_attrs=system_attrs,
-                intermediate_values=intermediate,
+                intermediate_values=dict(sorted(intermediate.items())),  # by step
                 trial_id=trial_id,
             )
         )
