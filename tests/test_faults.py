@@ -404,6 +404,7 @@ def running_by(name: str, url: str, worker: str | None = None) -> list[FrozenTri
     ]
 
 
+@pytest.mark.slow  # the rescuer trains three 12-epoch regressions to the end
 def test_a_sigkilled_batched_worker_has_all_its_trials_retried(
     tuner_process: Callable[..., subprocess.Popen], sqlite_url: str
 ) -> None:
