@@ -144,7 +144,7 @@ def test_best_per_optimizer_in_rank_order(sqlite_url: str) -> None:
             trial("adam", 0.25),
         ],
     )
-    best = best_by_optimizer(study.trials, study.direction)
+    best = best_by_optimizer(ranked_by_optimizer(study.trials, study.direction))
     assert {name: t.number for name, t in best.items()} == {"adam": 1, "sgd": 2}
     assert list(best) == ["adam", "sgd"]
     assert list(ranked_by_optimizer(study.trials, study.direction)) == ["adam", "sgd"]

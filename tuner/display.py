@@ -19,6 +19,7 @@ from tuner.results import (
     COPIED_FROM,
     FINISHED_OUTCOMES,
     RankedConfig,
+    best_by_optimizer,
     best_trained_value,
     count_outcomes,
     count_sentence,
@@ -195,7 +196,7 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
         + (f" ({extra})" if extra else "")
     )
     ranked = ranked_by_optimizer(trials, study.direction)
-    per_optimizer = {name: config.trial for name, config in ranked.items()}
+    per_optimizer = best_by_optimizer(ranked)
     if not trials:
         console.print("[yellow]No trial ran[/]: the study has nothing to report.")
         return False
@@ -230,7 +231,7 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
             name,
             format_value(trial.value if trial else None),
             str(trial.number) if trial else "—",
-            "/".join(str(counts_of[name]) for name in FINISHED_OUTCOMES),
+            "/".join(str(counts_of[outcome]) for outcome in FINISHED_OUTCOMES),
             describe_config(trial_config(trial)) if trial else "",
             *([describe_ranked(ranked[name]) if trial else ""] if confirmed else []),
         )

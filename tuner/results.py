@@ -287,13 +287,7 @@ def ranked_by_optimizer(
     return best
 
 
-def best_by_optimizer(
-    trials: Sequence[FrozenTrial], direction: optuna.study.StudyDirection
-) -> dict[str, FrozenTrial]:
-    """The search trial of each optimizer type's best-ranked configuration, best first."""
-    return {name: config.trial for name, config in ranked_by_optimizer(trials, direction).items()}
-
-
-def best_trials_by_optimizer(study: optuna.Study) -> dict[str, FrozenTrial]:
-    """`best_by_optimizer` over all of a study's trials."""
-    return best_by_optimizer(study.get_trials(deepcopy=False), study.direction)
+def best_by_optimizer(ranked: dict[str, RankedConfig]) -> dict[str, FrozenTrial]:
+    """The search trial of each optimizer type's best-ranked configuration (`ranked`, as
+    `ranked_by_optimizer` gives it), best first."""
+    return {name: config.trial for name, config in ranked.items()}

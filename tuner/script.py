@@ -31,6 +31,7 @@ import torch
 
 from tuner import optuna_internals as internals
 from tuner.config import TrainingConfig
+from tuner.script_guard import GRACE_SECONDS
 from tuner.spec import StudySpec, parse_spec
 from tuner.train import TrainingRecord, TrialDiverged
 from tuner.trial import Trial, final_value
@@ -43,8 +44,6 @@ TRIAL_VARIABLE = "TUNER_TRIAL"
 STOP_ATTRIBUTE = "script_stop"
 #: Lines of stderr kept in a failed script's fail_reason.
 STDERR_TAIL_LINES = 20
-#: Seconds a script's processes get after SIGTERM before SIGKILL.
-TERMINATE_GRACE_SECONDS = 5.0
 
 
 class ScriptFailed(Exception):
@@ -171,7 +170,7 @@ def _settle_script(trial: Trial, command: list[str], status: int, tail: list[str
 
 def _end_group(process: subprocess.Popen) -> None:
     """Stop every process of the script's group: SIGTERM, then SIGKILL after a grace."""
-    for sig, wait in ((signal.SIGTERM, TERMINATE_GRACE_SECONDS), (signal.SIGKILL, None)):
+    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, None)):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:

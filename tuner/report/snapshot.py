@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial
 from tuner.importance import finished
 from tuner.results import (
     RankedConfig,
+    best_by_optimizer,
     direction_sign,
     is_search_trial,
     ranked_by_optimizer,
@@ -87,7 +88,7 @@ class StudySnapshot:
     @cached_property
     def best_by_optimizer(self) -> dict[str, FrozenTrial]:
         """The search trial of each optimizer type's best configuration, best first."""
-        return {name: config.trial for name, config in self.ranked_by_optimizer.items()}
+        return best_by_optimizer(self.ranked_by_optimizer)
 
     @cached_property
     def optimizers(self) -> list[str]:
