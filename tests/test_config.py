@@ -94,3 +94,17 @@ def test_the_schedule_runs_over_the_whole_budget(schedule: str) -> None:
         peak = rates.index(max(rates))
         assert rates[0] < 0.1 and peak == 2 and max(rates) == pytest.approx(0.1)
         assert rates[peak:] == sorted(rates[peak:], reverse=True) and rates[-1] < 0.02
+
+
+def test_knobs_give_momentum_its_one_name_beside_the_others() -> None:
+    config = TrainingConfig(
+        optimizer="nesterov",
+        target="torch.optim:SGD",
+        learning_rate=0.1,
+        momentum=0.95,
+        hyperparameters={"nesterov": True, "dampening": 0.0},
+    )
+    assert config.knobs == {"nesterov": True, "dampening": 0.0, "momentum": 0.95}
+    assert "momentum" not in config.hyperparameters  # what results record stays as it was
+    optimizer = config.build_optimizer(parameters())
+    assert optimizer.defaults["momentum"] == 0.95 and optimizer.defaults["nesterov"] is True

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import tuner.spec
 from tuner.errors import SpecError
 from tuner.optimizers import REGISTRY
 from tuner.spec import load_spec, parse_spec
@@ -197,3 +199,15 @@ def test_missing_file_and_invalid_toml(tmp_path: Path) -> None:
     path.write_text("name = \n")
     with pytest.raises(SpecError, match="invalid TOML"):
         load_spec(path)
+
+
+def test_optimizer_choices_are_resolved_once_at_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    extra = '[optimizers.adam]\nbeta1 = 0.95\n[search]\noptimizers = ["adam", "sgd"]\n'
+    spec = parse_spec(tomllib.loads(MINIMAL + extra))
+
+    def resolve_again(name: str, table: object) -> None:
+        raise AssertionError(f"{name} resolved again after validation")
+
+    monkeypatch.setattr(tuner.spec, "resolve_optimizer", resolve_again)
+    adam, sgd = spec.optimizer_choices()
+    assert (adam.name, adam.fixed["beta1"], sgd.name) == ("adam", 0.95, "sgd")

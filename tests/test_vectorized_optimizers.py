@@ -198,3 +198,15 @@ def test_lookahead_falls_back() -> None:
         optimizer="adam", target="torch.optim:Adam", learning_rate=1e-3, lookahead=(5, 0.5)
     )
     assert vectorized_settings(trial) is None
+
+
+def test_stacked_values_are_the_ones_the_library_optimizer_gets() -> None:
+    """Both paths map the config through one function: what a trial trained alone would
+    build with is what its stacked row holds."""
+    for trial in [*TRIALS["sgd"], *TRIALS["adam"], *TRIALS["rmsprop"]]:
+        settings = vectorized_settings(trial)
+        assert settings is not None
+        built = trial.build_optimizer([torch.zeros(1, requires_grad=True)]).defaults
+        if "betas" in built:
+            built = {**built, "beta1": built["betas"][0], "beta2": built["betas"][1]}
+        assert settings.values == {name: float(built[name]) for name in settings.values}

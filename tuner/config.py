@@ -55,12 +55,18 @@ class TrainingConfig:
         """A ready torch optimizer over `params` with this configuration."""
         from tuner.optimizers import build_optimizer
 
-        knobs = dict(self.hyperparameters)
-        if self.momentum is not None:
-            knobs["momentum"] = self.momentum
         return build_optimizer(
-            self.target, params, self.learning_rate, self.weight_decay, knobs, self.lookahead
+            self.target, params, self.learning_rate, self.weight_decay, self.knobs, self.lookahead
         )
+
+    @property
+    def knobs(self) -> dict[str, Any]:
+        """Every optimizer knob in natural units under one name each, momentum included: the
+        form `tuner.optimizers.optimizer_kwargs` maps to a library's arguments. (``momentum``
+        is a field of its own because results and `best_config()` show it apart.)"""
+        if self.momentum is None:
+            return dict(self.hyperparameters)
+        return {**self.hyperparameters, "momentum": self.momentum}
 
     def build_scheduler(
         self,

@@ -9,6 +9,7 @@ parameter name whose scale changes within a study; ranges may differ per optimiz
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from collections.abc import Iterable, Mapping
@@ -225,8 +226,15 @@ REGISTRY: dict[str, OptimizerSpec] = {
 }
 
 
+#: Our names for knobs the libraries spell differently (the β's travel as one tuple); every
+#: other knob keeps the library's name. `optimizer_kwargs` applies it, the spec checks with it.
+LIBRARY_NAMES = {"learning_rate": "lr", "beta1": "betas", "beta2": "betas"}
+
+
+@functools.cache
 def library_defaults(optimizer_class: type) -> dict[str, Any]:
-    """The keyword defaults of a library optimizer's constructor."""
+    """The keyword defaults of a library optimizer's constructor (read once per class: callers
+    must not change the dict)."""
     parameters = inspect.signature(optimizer_class.__init__).parameters.values()
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
@@ -237,7 +245,8 @@ def optimizer_kwargs(
     hyperparameters: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Translate knobs in natural units to library kwargs (beta1/beta2 → betas, lr).
+    """Translate knobs in natural units to library kwargs (beta1/beta2 → betas, lr): the one
+    mapping from tuner's form to a library's, used to build, to stack and to check a spec.
 
     `defaults` are the class's own (see `library_defaults`): a β that is not given keeps the
     library's value, and weight decay is passed even at 0 wherever the class takes it, since

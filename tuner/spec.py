@@ -16,10 +16,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tuner.errors import SpecError
-from tuner.optimizers import KNOB_SCALES, REGISTRY, Knob, OptimizerSpec, import_target, knob
+from tuner.optimizers import (
+    KNOB_SCALES,
+    LIBRARY_NAMES,
+    REGISTRY,
+    Knob,
+    OptimizerSpec,
+    import_target,
+    knob,
+)
 from tuner.pruners import PRUNERS
 from tuner.samplers import SAMPLERS
 from tuner.schedules import SCHEDULES
@@ -251,6 +267,8 @@ class StudySpec(_Model):
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    #: The searched optimizers as resolved at validation: every trial samples from these.
+    _choices: list[OptimizerSpec] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="after")
     def _resolve(self) -> StudySpec:
@@ -272,20 +290,20 @@ class StudySpec(_Model):
                 "trial at a time per worker; set 1 (and leave out --batch), and add workers"
             )
         # A table for an optimizer that is not searched is kept for later, but checked too,
-        # so a misspelt [optimizers.adma] is caught rather than silently ignored. Built once
-        # here, by its library (not for every trial's sampling, which resolves them again).
+        # so a misspelt [optimizers.adma] is caught rather than silently ignored. Each is
+        # resolved and built by its library once, here; trials sample from the result.
         tables = {name: self.optimizers.get(name, {}) for name in self.search.optimizers}
+        resolved: dict[str, OptimizerSpec] = {}
         for name, table in {**tables, **self.optimizers}.items():
-            _check_with_library(resolve_optimizer(name, table))
+            resolved[name] = resolve_optimizer(name, table)
+            _check_with_library(resolved[name])
+        self._choices = [resolved[name] for name in self.search.optimizers]
         return self
 
     def optimizer_choices(self) -> list[OptimizerSpec]:
         """The searched optimizers with their final ranges (registry entries merged with the
         file's tables), in the order of the file."""
-        return [
-            resolve_optimizer(name, self.optimizers.get(name, {}))
-            for name in self.search.optimizers
-        ]
+        return list(self._choices)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data, for recording in the study (a study says how it was made)."""
@@ -340,9 +358,8 @@ def _positive_knob(name: str, optimizer: str, value: Knob | Any, hint: str = "")
     return value
 
 
-#: Our names for the library's arguments; the library's own names are refused in their favour
-#: (``betas`` would be sampled and then overwritten by beta1/beta2).
-_LIBRARY_NAMES = {"beta1": "betas", "beta2": "betas", "learning_rate": "lr"}
+#: The library's names that `LIBRARY_NAMES` maps to, refused in favour of ours (``betas``
+#: would be sampled and then overwritten by beta1/beta2).
 _OUR_NAMES = {"lr": "learning_rate", "betas": "beta1 and beta2", "params": None}
 
 
@@ -368,7 +385,7 @@ def _check_kwargs(optimizer: str, target: str, names: list[str]) -> None:
                 f"[optimizers.{optimizer}] {name}: not a knob"
                 + (f"; write {instead}" if instead else "")
             )
-        if _LIBRARY_NAMES.get(name, name) not in named:
+        if LIBRARY_NAMES.get(name, name) not in named:
             accepted = sorted(named - {"lr", "betas"})
             betas = "beta1, beta2, " if "betas" in named else ""
             raise ValueError(

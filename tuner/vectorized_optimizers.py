@@ -278,13 +278,13 @@ def vectorized_settings(config: TrainingConfig) -> VectorizedSettings | None:
         return None
     optimizer_class = import_target(config.target)
     defaults = library_defaults(optimizer_class)
-    knobs = dict(config.hyperparameters)
-    if config.momentum is not None:
-        knobs["momentum"] = config.momentum
-    kwargs = {
-        **defaults,
-        **optimizer_kwargs(config.learning_rate, config.weight_decay, knobs, defaults),
-    }
+    given = optimizer_kwargs(config.learning_rate, config.weight_decay, config.knobs, defaults)
+    try:  # the library's own checks (Nesterov needs momentum, β in [0, 1), ...)
+        optimizer_class([torch.zeros(1, requires_grad=True)], **given)
+    except (ValueError, TypeError):
+        return None  # trained alone, the trial fails with the library's message
+    kwargs = {**defaults, **given}
+    # A rule takes one tensor per value, so the β pair is unpacked into its two knobs.
     if "betas" in kwargs:
         kwargs["beta1"], kwargs["beta2"] = kwargs.pop("betas")
     values, flags = {}, dict(rule.fixed_flags)
@@ -299,10 +299,6 @@ def vectorized_settings(config: TrainingConfig) -> VectorizedSettings | None:
             return None  # maximize, amsgrad, gradient centralisation, ...: not implemented
     for name, derive in rule.derived_flags.items():
         flags[name] = derive(values)
-    try:  # the library's own checks (Nesterov needs momentum, β in [0, 1), ...)
-        config.build_optimizer([torch.zeros(1, requires_grad=True)])
-    except (ValueError, TypeError):
-        return None  # trained alone, the trial fails with the library's message
     return VectorizedSettings(rule, values, tuple(sorted(flags.items())))
 
 
