@@ -28,6 +28,7 @@ from tuner import study as studies
 from tuner.artifacts import CURVE_PLOT_MIN_SECONDS, artifact_dir
 from tuner.execution.worker import run_worker
 from tuner.importance import MIN_TRIALS, finished, ped_anova
+from tuner.note import NOTE_PIECE, study_note
 from tuner.spec import StudySpec
 from tuner.storage import open_storage
 
@@ -267,6 +268,25 @@ def test_importances_are_withheld_below_the_minimum_and_match_the_report_above_i
     ours = ped_anova(finished(study.trials), study.direction)
     assert {row["name"]: row["importance"] for row in importances} == ours
     assert {"learning_rate_in_range", "optimizer"} <= set(ours)  # the optimizers' ranges differ
+
+
+def test_the_dashboard_reads_the_note_a_new_study_gets(sqlite_url: str) -> None:
+    # tuner writes the note in optuna-dashboard's layout without importing it (tuner.note).
+    spec = build_spec(
+        name="valley",
+        workload={"name": "rosenbrock"},
+        search={
+            "optimizers": ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"],
+            "schedules": ["constant", "cosine"],
+            "lookahead": "search",
+        },
+        budget={"trials": 2, "epochs": 1},
+    )
+    study = studies.create_or_resume(spec, open_storage(sqlite_url))
+    from optuna_dashboard import get_note
+
+    assert len(study_note(spec)) > NOTE_PIECE  # stored in pieces
+    assert get_note(study) == study_note(spec)
 
 
 def test_a_resumed_study_keeps_its_note(sqlite_url: str) -> None:
