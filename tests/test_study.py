@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from tuner import study as studies
 from tuner.errors import SpecError
-from tuner.pruners import make_pruner
+from tuner.pruners import PRUNERS, make_pruner
 from tuner.samplers import make_sampler
 from tuner.spec import StudySpec
 from tuner.storage import UNCOUNTED_KEYS, open_storage
@@ -55,6 +55,23 @@ def test_the_same_seed_samples_the_same_parameters(make_spec: MakeSpec) -> None:
     assert draws(None) == draws(11) != draws(12)
 
 
+def test_qmc_draws_one_sequence_per_study_seed_whatever_the_worker(make_spec: MakeSpec) -> None:
+    """The study's seed scrambles the Sobol points (else every study draws the same ones); a
+    worker's own sampler seed does not, so all workers draw from the study's one sequence."""
+
+    def points(study_seed: int, worker_seed: int) -> list[tuple[float, float]]:
+        spec = make_spec(sampler={"name": "qmc"}, seed=study_seed)
+        study = optuna.create_study(sampler=make_sampler(spec, worker_seed))
+        drawn = []
+        for _ in range(4):
+            trial = study.ask()
+            drawn.append((trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)))
+            study.tell(trial, 0.0)
+        return drawn[1:]  # the first trial is independent: it fixes the space
+
+    assert points(1, 1) == points(1, 99) != points(2, 2)
+
+
 @pytest.mark.parametrize(
     ("pruner", "kind"),
     [
@@ -69,6 +86,25 @@ def test_each_pruner_name_builds_its_optuna_pruner(
     pruner: dict, kind: type, make_spec: MakeSpec
 ) -> None:
     assert type(make_pruner(make_spec(pruner=pruner))) is kind
+
+
+@pytest.mark.parametrize(
+    ("pruner", "factor"),
+    [
+        ({}, 2),
+        ({"name": "hyperband"}, 3),
+        ({"reduction_factor": 4}, 4),
+        ({"name": "hyperband", "reduction_factor": 2}, 2),
+    ],
+)
+def test_the_reduction_factor_is_the_pruners_own_unless_the_study_sets_one(
+    pruner: dict, factor: int, make_spec: MakeSpec
+) -> None:
+    spec = make_spec(pruner=pruner)
+    assert PRUNERS[spec.pruner.name].describe(spec).count(f"reduction factor {factor}") == 1
+    built = make_pruner(spec)
+    # Hyperband hands its factor to the successive-halving pruner of each bracket.
+    assert getattr(built, "_reduction_factor") == factor
 
 
 def test_a_new_study_records_its_spec_metric_and_note(sqlite_url: str, make_spec: MakeSpec) -> None:
