@@ -36,7 +36,7 @@ def test_defaults_fill_in_metric_direction_sampler_and_pruner(tmp_path: Path) ->
     path.write_text(MINIMAL)
     spec = load_spec(path)
     assert (spec.metric, spec.direction) == ("loss", "minimize")
-    assert (spec.sampler.name, spec.pruner.name) == ("tpe", "hyperband")
+    assert (spec.sampler.name, spec.pruner.name) == ("tpe", "successive_halving")
     assert [choice.name for choice in spec.optimizer_choices()] == [
         "sgd",
         "momentum",
