@@ -6,11 +6,19 @@ the study note renders the entry's description.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import optuna
+
+# A diverged trial is recorded with the worst value and the constraint `diverged = 1`
+# (tuner.train): CMA-ES learns from the value and says it ignores the constraint; GP clips the
+# infinite value to the worst finite one and says so. Both are the behaviour chosen, so
+# neither is worth a line on every diverged trial of a `tuner worker`.
+warnings.filterwarnings("ignore", message="Constraints have been set, but CmaEsSampler")
+warnings.filterwarnings("ignore", message="Clip non-finite values to the min/max finite")
 
 if TYPE_CHECKING:
     from tuner.spec import StudySpec
