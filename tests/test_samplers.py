@@ -96,8 +96,7 @@ def test_qmc_samples_the_shared_space_from_its_sequence(
     fixes the space and every later one is the sequence's next point."""
     trials = run_study("qmc", sqlite_url)
     storage = open_storage(sqlite_url)
-    study = optuna.load_study(study_name="samplers-qmc", storage=storage)
-    attributes = storage.get_study_system_attrs(study._study_id)
+    attributes = storage.get_study_system_attrs(storage.get_study_id_from_name("samplers-qmc"))
     (drawn,) = [value for key, value in attributes.items() if key.startswith("qmc:")]
     assert drawn == len(trials) - 2  # the index of the last point drawn (from 0)
     assert {"learning_rate_in_range", "one_minus_momentum"} <= set(trials[1].distributions)
