@@ -1,7 +1,7 @@
 """Compute to target, cold vs warm-started: does a second study on the same workload, seeded
 from the first (``[search] warm_start``), reach the target with less training?
 
-For each seed: study A runs the default strategy (TPE + Hyperband) from nothing; study B,
+For each seed: study A runs the default strategy (TPE + successive halving) from nothing; study B,
 with another seed, is warm-started from A and runs the same budget. Compute is counted as
 the issue's benchmark counts it: epochs trained, in trial order with one worker (pruned and
 diverged trials included; trials copied in by the warm start were trained by A, so they cost

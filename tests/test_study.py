@@ -55,6 +55,29 @@ def test_the_same_seed_samples_the_same_parameters(make_spec: MakeSpec) -> None:
     assert draws(None) == draws(11) != draws(12)
 
 
+@pytest.mark.parametrize(("pruner", "learns"), [("successive_halving", True), ("none", False)])
+def test_cmaes_learns_from_pruned_trials_under_a_multi_fidelity_pruner(
+    pruner: str, learns: bool, make_spec: MakeSpec
+) -> None:
+    """Under successive halving most trials end PRUNED: CMA-ES must read them (by their last
+    value) or it never leaves its random start-up."""
+    spec = make_spec(sampler={"name": "cmaes", "n_startup_trials": 2}, pruner={"name": pruner})
+    study = optuna.create_study(sampler=make_sampler(spec))
+    for number in range(12):
+        trial = study.ask()
+        x, y = trial.suggest_float("x", -1, 1), trial.suggest_float("y", -1, 1)
+        trial.report(x**2 + y**2, 1)
+        # The first trial trains in full (CMA-ES infers the space from complete trials).
+        if number == 0:
+            study.tell(trial, x**2 + y**2)
+        else:
+            study.tell(trial, state=TrialState.PRUNED)
+    generations = [
+        key for t in study.trials for key in t.system_attrs if key.startswith("cma:generation")
+    ]
+    assert bool(generations) is learns
+
+
 def test_qmc_draws_one_sequence_per_study_seed_whatever_the_worker(make_spec: MakeSpec) -> None:
     """The study's seed scrambles the Sobol points (else every study draws the same ones); a
     worker's own sampler seed does not, so all workers draw from the study's one sequence."""
@@ -104,7 +127,7 @@ def test_the_reduction_factor_is_the_pruners_own_unless_the_study_sets_one(
     assert PRUNERS[spec.pruner.name].describe(spec).count(f"reduction factor {factor}") == 1
     built = make_pruner(spec)
     # Hyperband hands its factor to the successive-halving pruner of each bracket.
-    assert getattr(built, "_reduction_factor") == factor
+    assert built._reduction_factor == factor  # type: ignore[attr-defined]
 
 
 def test_a_new_study_records_its_spec_metric_and_note(sqlite_url: str, make_spec: MakeSpec) -> None:
