@@ -78,6 +78,17 @@ def test_cmaes_learns_from_pruned_trials_under_a_multi_fidelity_pruner(
     assert bool(generations) is learns
 
 
+@pytest.mark.parametrize(
+    ("sampler", "startup"),
+    [({"name": "tpe"}, 20), ({"name": "gp"}, 10), ({"name": "tpe", "n_startup_trials": 3}, 3)],
+)
+def test_start_up_trials_are_the_samplers_own_unless_the_study_sets_them(
+    sampler: dict, startup: int, make_spec: MakeSpec
+) -> None:
+    built = make_sampler(make_spec(sampler=sampler))
+    assert built._n_startup_trials == startup  # type: ignore[attr-defined]
+
+
 def test_qmc_draws_one_sequence_per_study_seed_whatever_the_worker(make_spec: MakeSpec) -> None:
     """The study's seed scrambles the Sobol points (else every study draws the same ones); a
     worker's own sampler seed does not, so all workers draw from the study's one sequence."""

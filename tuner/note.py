@@ -16,7 +16,7 @@ import optuna
 from tuner import optuna_internals as internals
 from tuner.importance import MIN_TRIALS
 from tuner.pruners import PRUNERS
-from tuner.samplers import SAMPLERS
+from tuner.samplers import SAMPLERS, startup_trials
 from tuner.schedules import SCHEDULES
 from tuner.space import COMPLEMENT_PREFIX, LOOKAHEAD_ALPHA, LOOKAHEAD_K
 
@@ -167,8 +167,8 @@ def study_note(spec: StudySpec) -> str:
     if spec.budget.timeout_seconds is not None:
         budget.append(f"{_number(spec.budget.timeout_seconds)} s of wall time")
     sampler = SAMPLERS[spec.sampler.name].description
-    if SAMPLERS[spec.sampler.name].startup:
-        sampler += f", after {spec.sampler.n_startup_trials} random startup trials"
+    if SAMPLERS[spec.sampler.name].startup is not None:
+        sampler += f", after {startup_trials(spec)} random startup trials"
     lines = [f"# {spec.name}", ""]
     if spec.description:
         lines += [spec.description.strip(), ""]

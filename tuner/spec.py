@@ -189,7 +189,8 @@ class SamplerSpec(_Model):
     """
 
     name: str = "tpe"
-    n_startup_trials: Int = Field(default=10, ge=0)
+    #: None: the sampler's own default (tuner.samplers: TPE 20, CMA-ES and GP 10).
+    n_startup_trials: Int | None = Field(default=None, ge=0)
 
     @field_validator("name")
     @classmethod
