@@ -365,7 +365,10 @@ def test_a_study_runs_clean_while_the_dashboard_polls_its_sqlite_file(
 ) -> None:
     """optuna-dashboard issue 545: its polling must not fail trials with 'database is locked'."""
     trials = 36
-    spec = rosenbrock_spec("polled", trials=trials)
+    # 2,000 steps an epoch: a trial trains for a few tenths of a second, so the study runs for
+    # seconds, many poll cycles, whatever the machine (at 50 steps the whole study could end
+    # between two polls and the poller never saw a running trial).
+    spec = rosenbrock_spec("polled", trials=trials, steps=2000)
     studies.create_or_resume(spec, open_storage(sqlite_url))
     with dashboard(sqlite_url, tmp_path / "dashboard.log") as base:
         identifier = study_id(base, "polled")
