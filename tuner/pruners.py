@@ -24,24 +24,26 @@ class Pruner:
         build: the Optuna pruner for a study.
         describe: the pruner with the study's settings, in words (the study note).
         prunes: whether it ever stops a trial early (``none`` does not).
+        reduction_factor: for a pruner that decides at rungs of epochs, its reduction factor
+            when the study file sets none; None for the others.
     """
 
     build: Callable[[StudySpec], optuna.pruners.BasePruner]
     describe: Callable[[StudySpec], str]
     prunes: bool = True
+    reduction_factor: int | None = None
 
-
-#: The reduction factor of each pruner when the study file sets none. Successive halving
-#: keeps the better half at each rung (1, 2, 4, 8… epochs): on the digits CNN a factor of 2
-#: reached the target with less training than 3 or 4, whose rungs stop more of the trials
-#: that would have got there (docs/benchmarks.md, compute to target). Hyperband keeps
-#: Optuna's 3.
-REDUCTION_FACTORS = {"successive_halving": 2, "hyperband": 3}
+    @property
+    def multi_fidelity(self) -> bool:
+        """Whether it stops trials at rungs of epochs (successive halving, Hyperband)."""
+        return self.reduction_factor is not None
 
 
 def reduction_factor(spec: StudySpec) -> int:
     """The study's reduction factor: the study file's, or its pruner's default."""
-    return spec.pruner.reduction_factor or REDUCTION_FACTORS[spec.pruner.name]
+    default = PRUNERS[spec.pruner.name].reduction_factor
+    assert default is not None, f"{spec.pruner.name} has no rungs"
+    return spec.pruner.reduction_factor or default
 
 
 #: The pruners, by the name study files use; ``successive_halving`` is the default.
@@ -56,6 +58,7 @@ PRUNERS: dict[str, Pruner] = {
             f"Hyperband over epochs (min resource {spec.pruner.min_resource}, max "
             f"{spec.budget.epochs}, reduction factor {reduction_factor(spec)})"
         ),
+        reduction_factor=3,  # Optuna's
     ),
     "median": Pruner(
         lambda spec: optuna.pruners.MedianPruner(
@@ -77,6 +80,10 @@ PRUNERS: dict[str, Pruner] = {
             f"{spec.pruner.min_resource}, reduction factor {reduction_factor(spec)}: at each rung "
             f"the best 1/{reduction_factor(spec)} of the trials so far train on)"
         ),
+        # It keeps the better half at each rung (1, 2, 4, 8… epochs): on the digits CNN a
+        # factor of 2 reached the target with less training than 3 or 4, whose rungs stop more
+        # of the trials that would have got there (docs/benchmarks.md, compute to target).
+        reduction_factor=2,
     ),
     "wilcoxon": Pruner(
         lambda spec: optuna.pruners.WilcoxonPruner(n_startup_steps=spec.pruner.n_warmup_steps),

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from tuner.pruners import PRUNERS
+
 # A diverged trial is recorded with the worst value and the constraint `diverged = 1`
 # (tuner.train): CMA-ES learns from the value and says it ignores the constraint; GP clips the
 # infinite value to the worst finite one and says so. Both are the behaviour chosen, so
@@ -46,10 +48,6 @@ def startup_trials(spec: StudySpec) -> int:
     return chosen if chosen is not None else SAMPLERS[spec.sampler.name].startup or 0
 
 
-#: The pruners whose stopped trials CMA-ES learns from (see _cmaes).
-MULTI_FIDELITY_PRUNERS = frozenset({"successive_halving", "hyperband"})
-
-
 def _tpe(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
     # group=True: multivariate TPE over a conditional space models each optimizer's
     # parameters together instead of falling back to independent sampling.
@@ -80,7 +78,7 @@ def _cmaes(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.CmaEsSampler(
         seed=seed,
         n_startup_trials=startup_trials(spec),
-        consider_pruned_trials=spec.pruner.name in MULTI_FIDELITY_PRUNERS,
+        consider_pruned_trials=PRUNERS[spec.pruner.name].multi_fidelity,
         warn_independent_sampling=False,
     )
 

@@ -203,7 +203,7 @@ class PrunerSpec(_Model):
     measured with bench/search_efficiency.py it reached a target with less training than
     Hyperband, whose conservative brackets train many trials in full (docs/benchmarks.md).
 
-    ``reduction_factor`` unset is the pruner's own default (tuner.pruners.REDUCTION_FACTORS).
+    ``reduction_factor`` unset is the pruner's own default (its tuner.pruners entry).
     """
 
     name: str = "successive_halving"
