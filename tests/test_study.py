@@ -137,7 +137,7 @@ def test_the_reduction_factor_is_the_pruners_own_unless_the_study_sets_one(
     spec = make_spec(pruner=pruner)
     assert PRUNERS[spec.pruner.name].describe(spec).count(f"reduction factor {factor}") == 1
     built = make_pruner(spec)
-    # Hyperband hands its factor to the successive-halving pruner of each bracket.
+    # Optuna keeps it as `_reduction_factor` on both pruners.
     assert built._reduction_factor == factor  # type: ignore[attr-defined]
 
 
