@@ -28,8 +28,14 @@ QUICKSTART = ROOT / "studies" / "quickstart.toml"
 FAST_HEARTBEAT = {"heartbeat_seconds": 1, "grace_seconds": 3}
 
 
+#: Epochs of a trial a test stops on purpose: about 4 s, so that one seen early in its epochs
+#: (`running_by`'s `before_epoch`) is still training when the signal lands, however slow the
+#: machine: a 1-second trial could finish between the check and the signal, and did in CI.
+STOPPED_EPOCHS = 80
+
+
 def slow_spec(name: str, trials: int, epochs: int = 20, **execution: Any) -> StudySpec:
-    """Rosenbrock trials of about a second each, with pruning off so none ends early."""
+    """Rosenbrock trials of about 50 ms an epoch, with pruning off so none ends early."""
     return build_spec(
         name=name,
         workload={"name": "rosenbrock", "options": {"steps_per_epoch": 200}},
@@ -72,19 +78,14 @@ def assert_finished_with_retries(trials: list[FrozenTrial], budget: int) -> list
 def test_sigkilled_worker_trial_fails_and_is_retried_with_the_same_parameters(
     tuner_process: Callable[..., subprocess.Popen], storage_url: str, study_name: str
 ) -> None:
-    spec = slow_spec(study_name, trials=4)
+    spec = slow_spec(study_name, trials=2, epochs=STOPPED_EPOCHS)
     studies.create_or_resume(spec, open_storage(storage_url))
     victim = tuner_process("worker", study_name, "--storage", storage_url, "--name", "victim")
-
-    def victim_mid_trial() -> bool:
-        return any(
-            trial.state == TrialState.RUNNING
-            and trial.user_attrs.get("worker") == "victim"
-            and trial.intermediate_values
-            for trial in trials_of(study_name, storage_url)
-        )
-
-    wait_for(victim_mid_trial, 60, "the victim to be in the middle of a trial")
+    wait_for(
+        lambda: running_by(study_name, storage_url, "victim", before_epoch=STOPPED_EPOCHS // 2),
+        60,
+        "the victim to be early in a trial",
+    )
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     (killed,) = [t for t in trials_of(study_name, storage_url) if t.state == TrialState.RUNNING]
@@ -92,7 +93,7 @@ def test_sigkilled_worker_trial_fails_and_is_retried_with_the_same_parameters(
     rescuer = tuner_process("worker", study_name, "--storage", storage_url, "--name", "rescuer")
     assert rescuer.wait(timeout=120) == 0, rescuer.stderr.read()
     trials = trials_of(study_name, storage_url)
-    (retry,) = assert_finished_with_retries(trials, budget=4)
+    (retry,) = assert_finished_with_retries(trials, budget=2)
     assert retry.system_attrs["failed_trial"] == killed.number
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["worker"] == "rescuer"
     (failed,) = [t for t in trials if t.number == killed.number]
@@ -116,17 +117,14 @@ def assert_rerun_in_the_budget(trials: list[FrozenTrial], budget: int) -> None:
 def test_ctrl_c_interrupts_the_running_trial_and_a_resume_reruns_it_in_the_budget(
     tuner_process: Callable[..., subprocess.Popen], sqlite_url: str
 ) -> None:
-    spec = slow_spec("interrupted", trials=3)
+    spec = slow_spec("interrupted", trials=2, epochs=STOPPED_EPOCHS)
     studies.create_or_resume(spec, open_storage(sqlite_url))
     worker = tuner_process("worker", "interrupted", "--storage", sqlite_url)
-
-    def mid_trial() -> bool:
-        return any(
-            t.state == TrialState.RUNNING and t.intermediate_values
-            for t in trials_of("interrupted", sqlite_url)
-        )
-
-    wait_for(mid_trial, 60, "the worker to be in the middle of a trial")
+    wait_for(
+        lambda: running_by("interrupted", sqlite_url, before_epoch=STOPPED_EPOCHS // 2),
+        60,
+        "the worker to be early in a trial",
+    )
     worker.send_signal(signal.SIGINT)
     assert worker.wait(timeout=60) == 130
     assert "re-run" in worker.stderr.read()
@@ -137,7 +135,7 @@ def test_ctrl_c_interrupts_the_running_trial_and_a_resume_reruns_it_in_the_budge
 
     resumed = tuner_process("worker", "interrupted", "--storage", sqlite_url)
     assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
-    assert_rerun_in_the_budget(trials_of("interrupted", sqlite_url), budget=3)
+    assert_rerun_in_the_budget(trials_of("interrupted", sqlite_url), budget=2)
 
 
 @pytest.mark.ray
@@ -322,10 +320,14 @@ def test_an_outage_longer_than_grace_inside_the_retry_window_fails_no_trial(
     """Time the database was unreachable is nobody's silence: two workers in the middle of
     their trials when PostgreSQL stops for three times grace finish them, none failed."""
     url = private_postgres.url
-    spec = slow_spec("outage", trials=4, epochs=40, reconnect_seconds=60)
+    spec = slow_spec("outage", trials=4, epochs=STOPPED_EPOCHS, reconnect_seconds=60)
     studies.create_or_resume(spec, open_storage(url))
     workers = [tuner_process("worker", "outage", "--storage", url) for _ in range(2)]
-    wait_for(lambda: len(running_by("outage", url)) == 2, 120, "two trials under way")
+    wait_for(
+        lambda: len(running_by("outage", url, before_epoch=STOPPED_EPOCHS // 2)) == 2,
+        120,
+        "two trials early in their epochs",
+    )
     private_postgres.stop()
     time.sleep(3 * FAST_HEARTBEAT["grace_seconds"])
     private_postgres.start()
@@ -394,13 +396,18 @@ def stacked_spec(name: str, trials: int) -> StudySpec:
     )
 
 
-def running_by(name: str, url: str, worker: str | None = None) -> list[FrozenTrial]:
+def running_by(
+    name: str, url: str, worker: str | None = None, before_epoch: int | None = None
+) -> list[FrozenTrial]:
+    """The trials under way (RUNNING, an epoch reported), of `worker` if given; with
+    `before_epoch`, only those that have reported at most that many epochs."""
     return [
         trial
         for trial in trials_of(name, url)
         if trial.state == TrialState.RUNNING
         and trial.intermediate_values
         and worker in (None, trial.user_attrs.get("worker"))
+        and (before_epoch is None or len(trial.intermediate_values) <= before_epoch)
     ]
 
 
