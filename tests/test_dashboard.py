@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
@@ -27,8 +28,9 @@ from tests.specs import build_spec
 from tuner import study as studies
 from tuner.artifacts import CURVE_PLOT_MIN_SECONDS, artifact_dir
 from tuner.execution.worker import run_worker
-from tuner.importance import MIN_TRIALS, finished, ped_anova
+from tuner.importance import MIN_TRIALS, ped_anova, search_results
 from tuner.note import NOTE_PIECE, study_note
+from tuner.results import CONFIRMS
 from tuner.spec import StudySpec
 from tuner.storage import open_storage
 
@@ -246,7 +248,35 @@ def test_the_note_and_curves_through_the_dashboard_api(finished_study: str, tmp_
             assert response.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_importances_are_withheld_below_the_minimum_and_match_the_report_above_it(
+def plain_dashboard_importances(storage_url: str, identifier: int) -> list[dict]:
+    """What optuna-dashboard's own app, unwrapped, answers for a study's importances."""
+    import optuna_dashboard
+
+    environ = {"PATH_INFO": f"/api/studies/{identifier}/param_importances"}
+    setup_testing_defaults(environ)
+    statuses: list[str] = []
+    app = optuna_dashboard.wsgi(open_storage(storage_url))
+    body = b"".join(app(environ, lambda status, headers, *_: statuses.append(status)))
+    assert statuses == ["200 OK"], body
+    (importances,) = json.loads(body)["param_importances"]
+    return by_name(importances)
+
+
+def served_importances(base: str, identifier: int) -> dict[str, tuple[float, str]]:
+    """What `tuner dashboard` answers for a study's importances."""
+    (importances,) = get_json(f"{base}/api/studies/{identifier}/param_importances")[
+        "param_importances"
+    ]
+    return by_name(importances)
+
+
+def by_name(importances: list[dict]) -> dict[str, tuple[float, str]]:
+    """An importance chart's rows by parameter (ties at 0 come in no fixed order)."""
+    return {row["name"]: (row["importance"], row["distribution"]) for row in importances}
+
+
+@pytest.mark.filterwarnings("ignore:PedAnovaImportanceEvaluator computes")
+def test_importances_are_withheld_below_the_minimum_and_read_the_search_as_the_report_does(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     for spec in (
@@ -255,18 +285,37 @@ def test_importances_are_withheld_below_the_minimum_and_match_the_report_above_i
     ):
         studies.create_or_resume(spec, open_storage(sqlite_url))
         run_worker(spec, sqlite_url)
+    study = optuna.load_study(study_name="enough", storage=sqlite_url)
+    best = study.best_trial
     with dashboard(sqlite_url, tmp_path / "dashboard.log") as base:
         with pytest.raises(urllib.error.HTTPError) as refused:
             get_json(f"{base}/api/studies/{study_id(base, 'few')}/param_importances")
-        shown = get_json(f"{base}/api/studies/{study_id(base, 'enough')}/param_importances")
+        enough = study_id(base, "enough")
+        shown = served_importances(base, enough)
+        # Above the minimum: optuna-dashboard's own PED-ANOVA, name, number and distribution.
+        plain_before = plain_dashboard_importances(sqlite_url, enough)
+        assert shown == plain_before
+        # Confirmation runs of the best configuration: plain optuna-dashboard counts them,
+        # tuner's chart, like the report, reads the search alone.
+        study.add_trials(
+            [
+                optuna.trial.create_trial(
+                    params=best.params,
+                    distributions=best.distributions,
+                    value=best.value * (1 + 0.01 * seed),
+                    user_attrs={**best.user_attrs, CONFIRMS: best.number},
+                )
+                for seed in range(3)
+            ]
+        )
+        after = served_importances(base, enough)
     assert refused.value.code == 400
     reason = json.load(refused.value)["reason"]
     assert "4 complete trials" in reason and f"at least {MIN_TRIALS}" in reason, reason
-    # Above the minimum the dashboard's own PED-ANOVA, the very numbers the report shows.
-    (importances,) = shown["param_importances"]
-    study = optuna.load_study(study_name="enough", storage=sqlite_url)
-    ours = ped_anova(finished(study.trials), study.direction)
-    assert {row["name"]: row["importance"] for row in importances} == ours
+    assert after == shown
+    assert plain_dashboard_importances(sqlite_url, enough) != plain_before
+    ours = ped_anova(search_results(study.trials), study.direction)
+    assert {name: importance for name, (importance, _) in shown.items()} == ours
     assert {"learning_rate_in_range", "optimizer"} <= set(ours)  # the optimizers' ranges differ
 
 

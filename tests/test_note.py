@@ -44,8 +44,8 @@ def test_lookahead_ranges_and_the_importance_minimum_come_from_their_homes() -> 
     assert f"`lookahead_k` {low} – {high} (uniform, integer)" in note
     assert f"`lookahead_alpha` {LOOKAHEAD_ALPHA.low:g} – {LOOKAHEAD_ALPHA.high:g}" in note
     assert f"shown once the study has {MIN_TRIALS} complete trials" in note
-    # The one way the chart and the report differ is said where the chart is read.
-    assert "confirmation runs (`confirms`) and copied trials (`copied_from`) included" in note
+    # Which trials the chart reads, under tuner's dashboard and under the plain one.
+    assert "plain `optuna-dashboard` also counts confirmation runs (`confirms`)" in note
     # momentum is searched on its transformed scale, which the note names once per knob.
     assert "(searched as `one_minus_momentum`, log-uniform)" in note
 

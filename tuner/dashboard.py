@@ -15,11 +15,15 @@ trials into regimes by the parameter's distribution (inactive, or each distinct 
 scores are summed, weighted by each regime's share of the top trials; regimes with fewer than
 two trials are dropped with a warning.
 
-optuna-dashboard computes importances from two complete trials on, where they rank noise (on a
-4-trial study it gave ``eps`` 0.95). It has no setting for that, so `withhold_thin_importances`
-answers its importance request with the reason until the study has
-`tuner.importance.MIN_TRIALS` complete trials; the page then says "Failed to load
-hyperparameter importance (reason=...)" where the chart would be.
+optuna-dashboard has no setting for which trials count or how many are enough: it computes
+from two complete trials on, where they rank noise (on a 4-trial study it gave ``eps`` 0.95),
+and counts confirmation runs and warm-start copies, which credit whatever the winners share.
+So `search_importances` answers its importance request itself, with the very computation
+`tuner report` shows (tuner.importance): PED-ANOVA at the dashboard's defaults over the
+search's own results, or the reason while there are fewer than
+`tuner.importance.MIN_TRIALS`; the page then says "Failed to load hyperparameter importance
+(reason=...)" where the chart would be. Plain ``optuna-dashboard`` on the same database
+still counts every complete trial, as the study note says.
 """
 
 from __future__ import annotations
@@ -81,34 +85,53 @@ def bind(host: str, port: int) -> WSGIServer:
     return server
 
 
-def withhold_thin_importances(app: WSGIApp, storage: BaseStorage) -> WSGIApp:
-    """Wrap optuna-dashboard's WSGI app: a study with too few complete trials for importance
-    to mean anything gets the reason (HTTP 400, as the dashboard reports its own failures)
-    instead of importances; every other request goes to the dashboard unchanged."""
+def search_importances(app: WSGIApp, storage: BaseStorage) -> WSGIApp:
+    """Wrap optuna-dashboard's WSGI app so that its importance chart shows what `tuner report`
+    shows: PED-ANOVA over the search's results, or the reason there is none yet (HTTP 400, as
+    the dashboard reports its own failures); every other request goes to the dashboard
+    unchanged."""
     from optuna.trial import TrialState
 
-    from tuner.importance import withheld
+    from tuner.importance import ped_anova, search_results, withheld
 
-    def gated(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    # study id → (how many results, the answer): finished trials never change, so the answer
+    # holds until another result lands, as optuna-dashboard caches its own. A page polled
+    # hard would otherwise recompute PED-ANOVA beside the workers, on every request.
+    answered: dict[int, tuple[int, dict[str, Any]]] = {}
+
+    def answer(study_id: int) -> tuple[str, dict[str, Any]]:
+        trials = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,))
+        results = search_results(trials)
+        reason = withheld(len(results))
+        if reason is not None:
+            return "400 Bad Request", {"reason": f"importance not shown: {reason}"}
+        count, reply = answered.get(study_id, (0, {}))
+        if count != len(results):
+            (direction,) = storage.get_study_directions(study_id)
+            kinds = {n: type(d).__name__ for t in results for n, d in t.distributions.items()}
+            rows = [
+                {"name": name, "importance": value, "distribution": kinds[name]}
+                for name, value in ped_anova(results, direction).items()
+            ]
+            reply = {"param_importances": [rows]}  # one list per objective
+            answered[study_id] = (len(results), reply)
+        return "200 OK", reply
+
+    def routed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = _IMPORTANCE_REQUEST.fullmatch(environ.get("PATH_INFO", ""))
-        if request is not None:
-            try:
-                complete = storage.get_all_trials(
-                    int(request[1]), deepcopy=False, states=(TrialState.COMPLETE,)
-                )
-            except KeyError:  # no such study: the dashboard answers 404 itself
-                return app(environ, start_response)
-            reason = withheld(len(complete))
-            if reason is not None:
-                body = json.dumps({"reason": f"importance not shown: {reason}"}).encode()
-                start_response(
-                    "400 Bad Request",
-                    [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-                )
-                return [body]
-        return app(environ, start_response)
+        if request is None:
+            return app(environ, start_response)
+        try:
+            status, reply = answer(int(request[1]))
+        except KeyError:  # no such study: the dashboard answers 404 itself
+            return app(environ, start_response)
+        body = json.dumps(reply).encode()
+        start_response(
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
 
-    return gated
+    return routed
 
 
 def serve(storage: str | None, host: str, port: int) -> int:
@@ -135,7 +158,7 @@ def serve(storage: str | None, host: str, port: int) -> int:
         storage = open_storage(url)
         store = artifact_store(url)
         app = optuna_dashboard.wsgi(storage, artifact_store=store)
-        server.set_app(withhold_thin_importances(app, storage))
+        server.set_app(search_importances(app, storage))
         studies = len(optuna.get_all_study_names(storage))
         shown_host = f"[{host}]" if ":" in host else host
         print(

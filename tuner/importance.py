@@ -5,8 +5,9 @@ Two evaluators, because they answer different questions and users meet both:
 - **PED-ANOVA** (what optuna-dashboard shows): which parameters set the top 10 % of trials
   apart from the rest. Computed here exactly as optuna-dashboard 0.21 computes it
   (``PedAnovaImportanceEvaluator()`` at its defaults over the COMPLETE trials, lower is better),
-  so the report and the dashboard show the same numbers, except that the report leaves out
-  confirmation runs and warm-start copies (the dashboard cannot), and says so. Optuna 5's
+  and over the same trials as ``tuner dashboard`` (`search_results`: confirmation runs and
+  warm-start copies left out, tuner.dashboard), so the report and the chart show the same
+  numbers; plain optuna-dashboard counts those trials too. Optuna 5's
   PED-ANOVA is conditional: a parameter whose range differs per optimizer is scored within
   each range.
 - **fANOVA**: the share of the metric's variance each parameter explains, over the trials
@@ -64,8 +65,15 @@ def spans_decades(values: Sequence[float]) -> bool:
 
 
 def finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The results (COMPLETE, finite, not diverged): the trials an importance is computed over."""
+    """The results (COMPLETE, finite, not diverged)."""
     return [trial for trial in trials if is_result(trial)]
+
+
+def search_results(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials an importance is computed over: the search's own results. Confirmation runs
+    repeat the top configurations and copies come from other studies: counted, they would
+    credit whatever the winners share (tuner.results.is_search_trial)."""
+    return [trial for trial in finished(trials) if is_search_trial(trial)]
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,8 @@ class ParameterImportances:
 
     Attributes:
         ped_anova: PED-ANOVA over the search's complete trials, as optuna-dashboard computes it
-            (parameter → importance, largest first); empty when withheld.
+            and ``tuner dashboard`` shows it (parameter → importance, largest first); empty
+            when withheld.
         overall: fANOVA over the parameters every complete trial has (``optimizer``,
             ``learning_rate``, ``schedule``, ...) and all complete trials; None when it could
             not be evaluated or is withheld.
@@ -103,7 +112,8 @@ class ParameterImportances:
             spanning decades (a landscape's loss).
         withheld: why no importance is shown at all (too few complete trials), else None.
         left_out: complete trials that are no part of the search (confirmation runs, copies
-            of earlier studies' trials), left out here; optuna-dashboard counts them.
+            of earlier studies' trials), left out here and by ``tuner dashboard``; plain
+            optuna-dashboard counts them.
     """
 
     ped_anova: dict[str, float]
@@ -279,11 +289,8 @@ def parameter_importances(
     one value only, is skipped with the reason, never an error. Fewer than `min_trials`
     complete trials: nothing is evaluated, and `withheld` says why.
     """
-    every = finished(trials)
-    # Confirmation runs repeat the top configurations and copies come from other studies:
-    # counted, they would credit whatever the winners share (tuner.results.is_search_trial).
-    complete = [trial for trial in every if is_search_trial(trial)]
-    left_out = len(every) - len(complete)
+    complete = search_results(trials)
+    left_out = len(finished(trials)) - len(complete)
     values = [t.value for t in complete]
     log_target = spans_decades(values)
     target: Callable[[float], float] = math.log10 if log_target else float

@@ -221,11 +221,10 @@ def study_note(spec: StudySpec) -> str:
         f"in its place. `tuner report {spec.name}` shows PED-ANOVA beside fANOVA. Read "
         f"`{COMPLEMENT_PREFIX}momentum` as momentum (and likewise for the other knobs near 1).",
         "",
-        # optuna-dashboard computes over every COMPLETE trial and has no filter to pass, so the
-        # one difference from the report is said where the chart is read.
-        "The chart counts every complete trial, confirmation runs (`confirms`) and copied "
-        "trials (`copied_from`) included; the report leaves those out, as they are no part of "
-        "this study's search, so where there are some its PED-ANOVA can differ from the chart.",
+        # Said where the chart is read: the note is the same under either dashboard.
+        "Served by `tuner dashboard`, the chart reads this study's search alone, as the report "
+        "does; plain `optuna-dashboard` also counts confirmation runs (`confirms`) and copied "
+        "trials (`copied_from`), so where there are some its chart can differ.",
     ]
     return "\n".join(lines)
 
