@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tests.conftest import PrivatePostgres
 from tests.specs import build_spec
+from tests.test_ray import _descendants
 from tuner import study as studies
 from tuner.spec import StudySpec
 from tuner.storage import INTERRUPTED_KEY, open_storage
@@ -53,6 +54,28 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > limit:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.2)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def ray_workers(driver: int) -> list[int]:
+    """The processes under a `tuner run` driver that run tuner's worker loop as a Ray task
+    (Ray titles a worker process after the task it runs)."""
+    found = []
+    for pid in _descendants(driver):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # ended meanwhile
+        if title.startswith(b"ray::_worker_task"):
+            found.append(pid)
+    return found
 
 
 def trials_of(name: str, url: str) -> list[FrozenTrial]:
@@ -168,10 +191,17 @@ def test_killed_driver_stops_its_workers_and_a_new_run_finishes_the_budget(
         except KeyError:
             return False
 
-    wait_for(some_complete, 120, "the first trial to complete")
+    wait_for(
+        lambda: some_complete() and len(ray_workers(driver.pid)) == 2,
+        120,
+        "the first trial to complete, both workers training",
+    )
+    workers = ray_workers(driver.pid)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    time.sleep(3)
+    # Ray ends the workers of a dead driver some seconds later (2 s on a busy 2-core machine,
+    # more on a slower one): a fixed wait could end before they did, and see them go on.
+    wait_for(lambda: not any(alive(pid) for pid in workers), 30, "the Ray workers to end")
     finished = sum(t.state.is_finished() for t in trials_of("quickstart", url))
     time.sleep(3)
     assert sum(t.state.is_finished() for t in trials_of("quickstart", url)) == finished, (

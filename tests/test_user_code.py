@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 import tuner
-from tests.test_faults import assert_finished_with_retries, wait_for
+from tests.test_faults import alive, assert_finished_with_retries, wait_for
 from tuner import study as studies
 from tuner.cli import main
 from tuner.execution.worker import run_worker
@@ -328,14 +328,6 @@ def test_a_sigkilled_tuner_worker_function_trial_is_retried(
     assert retry.state == TrialState.COMPLETE and retry.user_attrs["worker"] == "rescuer"
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
 def test_stopping_the_worker_ends_a_script_trial_and_its_process_tree(
@@ -365,10 +357,10 @@ def test_stopping_the_worker_ends_a_script_trial_and_its_process_tree(
     pids_file = tmp_path / "pids.txt"
     wait_for(lambda: pids_file.exists() and pids_file.read_text(), 60, "the script to start")
     pids = [int(pid) for pid in pids_file.read_text().split()]
-    assert all(_alive(pid) for pid in pids)
+    assert all(alive(pid) for pid in pids)
     worker.send_signal(stop)
     assert worker.wait(timeout=60) == (130 if stop == signal.SIGINT else -signal.SIGKILL)
-    wait_for(lambda: not any(_alive(pid) for pid in pids), 15, "the script's processes to end")
+    wait_for(lambda: not any(alive(pid) for pid in pids), 15, "the script's processes to end")
     if stop == signal.SIGKILL:
         return  # its trial goes stale and is retried, as test_faults shows
     trial, rerun = trials_of(spec, sqlite_url)
