@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 import tuner
-from tests.test_faults import alive, assert_finished_with_retries, wait_for
+from tests.test_faults import alive, assert_finished_with_retries, running_by, wait_for
 from tuner import study as studies
 from tuner.cli import main
 from tuner.execution.worker import run_worker
@@ -294,12 +294,16 @@ def test_batch_is_refused_for_a_function_study(
     assert not database.exists()
 
 
+#: Epochs of the trials of the killed `tuner worker` (0.3 s of sleep each).
+KILLED_EPOCHS = 10
+
+
 def test_a_sigkilled_tuner_worker_function_trial_is_retried(
     tuner_process: Callable[..., subprocess.Popen], tmp_path: Path, sqlite_url: str
 ) -> None:
     """`tuner worker` started elsewhere finds the module through the recorded search path."""
     module = unique("slow")
-    extra = "[budget]\ntrials = 2\nepochs = 10\n[pruner]\nname = 'none'\n"
+    extra = f"[budget]\ntrials = 2\nepochs = {KILLED_EPOCHS}\n[pruner]\nname = 'none'\n"
     extra += (
         "[workload.options]\nsleep = 0.3\n[execution]\nheartbeat_seconds = 1\ngrace_seconds = 3\n"
     )
@@ -312,14 +316,13 @@ def test_a_sigkilled_tuner_worker_function_trial_is_retried(
     )
     studies.create_or_resume(spec, open_storage(sqlite_url))
     victim = tuner_process("worker", "killed", "--storage", sqlite_url, "--name", "victim")
-
-    def victim_mid_trial() -> bool:
-        return any(
-            t.state == TrialState.RUNNING and t.intermediate_values
-            for t in trials_of(spec, sqlite_url)
-        )
-
-    wait_for(victim_mid_trial, 60, "the victim to be in the middle of a trial")
+    # Early in its epochs, so that at least 5 sleeps of 0.3 s are left when the kill lands: a
+    # trial seen in its last epoch could end first, and leave nothing to retry.
+    wait_for(
+        lambda: running_by("killed", sqlite_url, "victim", before_epoch=KILLED_EPOCHS // 2),
+        60,
+        "the victim to be early in a trial",
+    )
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     rescuer = tuner_process("worker", "killed", "--storage", sqlite_url, "--name", "rescuer")
