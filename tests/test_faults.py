@@ -414,13 +414,18 @@ def test_an_outage_past_the_retry_window_ends_the_run_in_one_line_and_status_res
     assert all(trial.user_attrs.get("fail_reason") for trial in stopped_trials)
 
 
+#: Epochs of a stacked trial (stacked_spec): those stopped on purpose are stopped in the first
+#: half, as STOPPED_EPOCHS's are.
+STACKED_EPOCHS = 12
+
+
 def stacked_spec(name: str, trials: int) -> StudySpec:
     """Regression trials of several seconds each that stack (Adam), pruning off."""
     return build_spec(
         name=name,
         workload={"name": "mlp_regression", "options": {"samples": 5_000}},
         search={"optimizers": ["adam"], "weight_decay": "off", "batch_sizes": [32]},
-        budget={"trials": trials, "epochs": 12},
+        budget={"trials": trials, "epochs": STACKED_EPOCHS},
         pruner={"name": "none"},
         execution={**FAST_HEARTBEAT, "trials_per_worker": 3},
     )
@@ -447,10 +452,11 @@ def test_a_sigkilled_batched_worker_has_all_its_trials_retried(
 ) -> None:
     studies.create_or_resume(stacked_spec("stacked-kill", trials=3), open_storage(sqlite_url))
     victim = tuner_process("worker", "stacked-kill", "--storage", sqlite_url, "--name", "victim")
+    early = STACKED_EPOCHS // 2
     wait_for(
-        lambda: len(running_by("stacked-kill", sqlite_url, "victim")) == 3,
+        lambda: len(running_by("stacked-kill", sqlite_url, "victim", before_epoch=early)) == 3,
         120,
-        "the victim to train three trials at once",
+        "the victim to be early in three trials at once",
     )
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -472,9 +478,9 @@ def test_ctrl_c_interrupts_every_stacked_trial(
     studies.create_or_resume(stacked_spec("stacked-stop", trials=3), open_storage(sqlite_url))
     worker = tuner_process("worker", "stacked-stop", "--storage", sqlite_url)
     wait_for(
-        lambda: len(running_by("stacked-stop", sqlite_url)) == 3,
+        lambda: len(running_by("stacked-stop", sqlite_url, before_epoch=STACKED_EPOCHS // 2)) == 3,
         120,
-        "the worker to train three trials at once",
+        "the worker to be early in three trials at once",
     )
     worker.send_signal(signal.SIGINT)
     assert worker.wait(timeout=60) == 130
