@@ -97,6 +97,14 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _name(pid: int) -> str:
+    """A process's name; "" if it ended after it was listed (a short-lived helper)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
     """(process name, address, port) of each TCP socket the processes listen on, read from
     /proc: the socket inodes each holds, matched with /proc/net/tcp and tcp6."""
@@ -162,11 +170,7 @@ def test_ray_failing_under_a_run_ends_it_in_one_line_and_leaves_no_trial_running
 ) -> None:
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     driver = _start_run(tuner_process, url)
-    (raylet,) = [
-        pid
-        for pid in _descendants(driver.pid)
-        if Path(f"/proc/{pid}/comm").read_text() == "raylet\n"
-    ]
+    (raylet,) = [pid for pid in _descendants(driver.pid) if _name(pid) == "raylet"]
     os.kill(raylet, signal.SIGKILL)
     assert driver.wait(timeout=180) == 1
     lines = driver.stderr.read().strip().splitlines()
