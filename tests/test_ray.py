@@ -111,12 +111,16 @@ def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
     owners = {}
     for pid in pids:
         try:
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    owners[target[8:-1]] = Path(f"/proc/{pid}/comm").read_text().strip()
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
         except OSError:
-            continue
+            continue  # ended meanwhile
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue  # closed meanwhile: the process's other sockets are still read
+            if target.startswith("socket:["):
+                owners[target[8:-1]] = _name(pid)
     found = []
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
