@@ -18,8 +18,8 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from tests.conftest import PrivatePostgres
+from tests.processes import alive, descendants
 from tests.specs import build_spec
-from tests.test_ray import _descendants
 from tuner import study as studies
 from tuner.spec import StudySpec
 from tuner.storage import INTERRUPTED_KEY, open_storage
@@ -56,19 +56,11 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def ray_workers(driver: int) -> list[int]:
     """The processes under a `tuner run` driver that run tuner's worker loop as a Ray task
     (Ray titles a worker process after the task it runs)."""
     found = []
-    for pid in _descendants(driver):
+    for pid in descendants(driver):
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:

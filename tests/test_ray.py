@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 import tuner
+from tests.processes import descendants, process_name
 from tuner.runner import with_overrides
 from tuner.spec import StudySpec
 from tuner.storage import INTERRUPTED_KEY, open_storage
@@ -80,31 +81,6 @@ QUICKSTART = Path(__file__).parent.parent / "studies" / "quickstart.toml"
 LOOPBACK = ("127.", "::1", "::ffff:127.")
 
 
-def _descendants(pid: int) -> list[int]:
-    """`pid` and every process under it (Ray's GCS, raylet, agents and workers are)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue  # ended meanwhile
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo += children.get(found[-1], [])
-    return found
-
-
-def _name(pid: int) -> str:
-    """A process's name; "" if it ended after it was listed (a short-lived helper)."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
     """(process name, address, port) of each TCP socket the processes listen on, read from
     /proc: the socket inodes each holds, matched with /proc/net/tcp and tcp6."""
@@ -120,7 +96,7 @@ def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
             except OSError:
                 continue  # closed meanwhile: the process's other sockets are still read
             if target.startswith("socket:["):
-                owners[target[8:-1]] = _name(pid)
+                owners[target[8:-1]] = process_name(pid)
     found = []
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
@@ -161,7 +137,7 @@ def test_a_local_run_listens_on_loopback_only_and_prints_no_token_notice(
     tuner_process: Callable[..., subprocess.Popen], tmp_path: Path
 ) -> None:
     driver = _start_run(tuner_process, f"sqlite:///{tmp_path / 'studies.db'}")
-    listening = _listening(_descendants(driver.pid))
+    listening = _listening(descendants(driver.pid))
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=120) == 130
     assert {"gcs_server", "raylet"} <= {name for name, _, _ in listening}, listening
@@ -174,7 +150,7 @@ def test_ray_failing_under_a_run_ends_it_in_one_line_and_leaves_no_trial_running
 ) -> None:
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     driver = _start_run(tuner_process, url)
-    (raylet,) = [pid for pid in _descendants(driver.pid) if _name(pid) == "raylet"]
+    (raylet,) = [pid for pid in descendants(driver.pid) if process_name(pid) == "raylet"]
     os.kill(raylet, signal.SIGKILL)
     assert driver.wait(timeout=180) == 1
     lines = driver.stderr.read().strip().splitlines()

@@ -19,7 +19,8 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 import tuner
-from tests.test_faults import alive, assert_finished_with_retries, running_by, wait_for
+from tests.processes import alive
+from tests.test_faults import assert_finished_with_retries, running_by, wait_for
 from tuner import study as studies
 from tuner.cli import main
 from tuner.execution.worker import run_worker
