@@ -210,12 +210,14 @@ def test_a_malformed_confirm_flag_is_a_usage_error(
     assert "expected TOPxSEEDS" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("marker", [None, CONFIRMS, WARM_START])
-def test_only_reevaluations_of_known_configurations_escape_the_pruner(
-    sqlite_url: str, marker: str | None
+@pytest.mark.parametrize(
+    ("marker", "spared"), [(None, False), (CONFIRMS, True), (WARM_START, False)]
+)
+def test_only_confirmation_runs_escape_the_pruner(
+    sqlite_url: str, marker: str | None, spared: bool
 ) -> None:
-    """A pruner that stops every trial (any loss above 0) spares confirmation runs and a warm
-    start's queued best configurations: they are there to measure a final value."""
+    """A pruner that stops every trial (any loss above 0) spares confirmation runs, there to
+    measure a final value; a warm start's queued best is a search trial, and screened."""
     spec = _spec("pruning")
     study = optuna.create_study(
         study_name="pruning", storage=sqlite_url, pruner=optuna.pruners.ThresholdPruner(upper=0.0)
@@ -229,11 +231,11 @@ def test_only_reevaluations_of_known_configurations_escape_the_pruner(
         learning_rate=0.1,
         start_loss=1.0,
     )
-    if marker is None:
+    if spared:
+        assert close_epoch(trial, spec, TrainingRecord(), 1, result) == 1.0
+    else:
         with pytest.raises(optuna.TrialPruned):
             close_epoch(trial, spec, TrainingRecord(), 1, result)
-    else:
-        assert close_epoch(trial, spec, TrainingRecord(), 1, result) == 1.0
 
 
 def test_confirming_a_study_with_fewer_completed_trials_than_asked_says_so(

@@ -24,7 +24,7 @@ from tuner.results import (
     best_by_optimizer,
     best_trained_value,
     count_sentence,
-    is_reevaluation,
+    is_confirmation_run,
     open_study,
     rank_configurations,
     ranked_by_optimizer,
@@ -177,9 +177,11 @@ def test_a_trials_config_and_optimizer_are_read_back() -> None:
     assert trial_config(optuna.trial.create_trial(value=1.0)) is None
 
 
-def test_reevaluations_are_confirmations_and_warm_started_bests() -> None:
-    assert is_reevaluation({CONFIRMS: 2}) and is_reevaluation({WARM_START: "earlier"})
-    assert not is_reevaluation({COPIED_FROM: {"study": "earlier", "trial": 1}})
+def test_only_confirmation_runs_are_kept_from_the_pruner() -> None:
+    assert is_confirmation_run({CONFIRMS: 2})
+    # A warm start's queued best is a search trial: the pruner screens it like any other.
+    assert not is_confirmation_run({WARM_START: {"study": "earlier", "trial": 1}})
+    assert not is_confirmation_run({COPIED_FROM: {"study": "earlier", "trial": 1}})
 
 
 def test_opening_a_study_that_is_not_there_names_those_that_are(sqlite_url: str) -> None:

@@ -64,13 +64,17 @@ COPIED_FROM = "copied_from"
 WARM_START = "warm_start"
 
 
-def is_reevaluation(user_attrs: Mapping[str, Any]) -> bool:
-    """Whether a trial re-trains a known configuration to measure its final value: a
-    confirmation run, or an earlier study's best queued by a warm start. The pruner never
-    stops one: the first epochs of a noisy metric are a weak predictor (ANCHORS.md: Hyperband
-    stopped a third of the digits-CNN trials that would have reached 98.61%), and a known
-    configuration is there to be measured, not screened."""
-    return CONFIRMS in user_attrs or WARM_START in user_attrs
+def is_confirmation_run(user_attrs: Mapping[str, Any]) -> bool:
+    """Whether a trial re-trains a configuration on a fresh seed to measure its final value
+    (tuner.confirmation). The pruner never stops one: a pruned run would say nothing of the
+    final value it is there to measure.
+
+    An earlier study's best queued by a warm start is not one: it is a search trial, started
+    where the earlier study did best and screened like any other against the rungs of the
+    copied trials, when on this study's seeds it falls behind them (the winner's curse): left
+    unpruned, the queued bests cost a warm study most of its epochs to target
+    (bench/warm_start.py, docs/benchmarks.md)."""
+    return CONFIRMS in user_attrs
 
 
 def is_search_trial(trial: FrozenTrial) -> bool:

@@ -16,7 +16,7 @@ import optuna
 import torch
 
 from tuner.config import TrainingConfig
-from tuner.results import is_reevaluation
+from tuner.results import is_confirmation_run
 from tuner.schedules import steps_per_epoch_scheduler
 from tuner.spec import StudySpec
 from tuner.workloads import TrialContext, build_trainable
@@ -108,7 +108,7 @@ def close_epoch(
     Raises:
         TrialDiverged: the epoch shows divergence (see `divergence`).
         optuna.TrialPruned: the pruner stopped the trial (never after the last epoch, never a
-            re-evaluation of a known configuration: tuner.results.is_reevaluation).
+            confirmation run: tuner.results.is_confirmation_run).
     """
     reason = divergence(result, spec.metric, epoch)
     if reason is not None:
@@ -124,11 +124,11 @@ def close_epoch(
         }
     )
     trial.report(value, epoch)
-    # After the last epoch there is nothing left to save: keep the finished result. A trial
-    # that re-trains a known configuration is there to measure its final value: never pruned.
+    # After the last epoch there is nothing left to save: keep the finished result. A
+    # confirmation run is there to measure its final value: never pruned.
     if (
         epoch < spec.budget.epochs
-        and not is_reevaluation(trial.user_attrs)
+        and not is_confirmation_run(trial.user_attrs)
         and trial.should_prune()
     ):
         raise optuna.TrialPruned(f"pruned after epoch {epoch}: {spec.metric} = {value:.4g}")

@@ -6,9 +6,10 @@ when the study is created:
 1. Each earlier study's `BEST_QUEUED` best configurations that this study's space can
    sample, ranked as tuner.results ranks them (mean over fresh seeds where confirmed), are
    queued before anything else, as Optuna's ``enqueue_trial`` queues them: the new study's
-   first trials re-train them here, on this study's seeds and within its budget, unpruned
-   (see tuner.results.is_reevaluation). A better one this space cannot sample (an
-   optimizer it does not search, a value outside a range) is named and passed over.
+   first trials re-train them here, on this study's seeds and within its budget, and the
+   pruner screens them as search trials, against the copied trials' rungs (see
+   tuner.results.is_confirmation_run). A better one this space cannot sample (an optimizer
+   it does not search, a value outside a range) is named and passed over.
 2. Each earlier study's finished search trials (COMPLETE and PRUNED) whose parameters this
    study's space samples with the very same distributions are copied in (Optuna's
    ``create_trial`` and ``add_trials``) with their values and per-epoch values, so that the
