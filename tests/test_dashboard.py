@@ -133,9 +133,8 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A finished Rosenbrock study of three optimizers: each trial COMPLETE, with its curve,
     and just enough of them (MIN_TRIALS) for the dashboard to show importances.
 
-    Each trial's curve is a PNG plot, whatever the machine: CURVE_PLOT_MIN_SECONDS is 0 while
-    the study is built (a trial's 3,000 steps took about 1 s on 2 busy cores; a machine twice
-    as quick would train them in under the real 0.5 s, and get CSV). Built once for the tests
+    Each trial's curve is a PNG plot, however quickly it trained: CURVE_PLOT_MIN_SECONDS is 0
+    while the study is built (trials under the real 0.5 s get CSV). Built once for the tests
     that only look at it (in a home of its own, as conftest's isolated_home gives each test)."""
     folder = tmp_path_factory.mktemp("finished")
     url = f"sqlite:///{folder / 'studies.db'}"
@@ -144,7 +143,7 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> str:
         environment.setenv("XDG_DATA_HOME", str(folder / "data"))
         environment.setenv("XDG_CACHE_HOME", str(folder / "cache"))
         environment.delenv("TUNER_STORAGE", raising=False)
-        spec = rosenbrock_spec("valley", trials=MIN_TRIALS, steps=1000)
+        spec = rosenbrock_spec("valley", trials=MIN_TRIALS, steps=100)
         studies.create_or_resume(spec, open_storage(url))
         run_worker(spec, url)
     return url
@@ -416,7 +415,7 @@ def test_a_study_runs_clean_while_the_dashboard_polls_its_sqlite_file(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     """optuna-dashboard issue 545: its polling must not fail trials with 'database is locked'."""
-    trials = 36
+    trials = MIN_TRIALS + 4  # the last ones train while the importances are computed
     # 2,000 steps an epoch: a trial trains for a few tenths of a second, so the study runs for
     # seconds, many poll cycles, whatever the machine (at 50 steps the whole study could end
     # between two polls and the poller never saw a running trial).
