@@ -250,7 +250,9 @@ def test_the_note_and_curves_through_the_dashboard_api(finished_study: str, tmp_
             assert response.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def plain_dashboard_importances(storage_url: str, identifier: int) -> list[dict]:
+def plain_dashboard_importances(
+    storage_url: str, identifier: int, objective: int = 0
+) -> dict[str, tuple[float, str]]:
     """What optuna-dashboard's own app, unwrapped, answers for a study's importances."""
     import optuna_dashboard
 
@@ -260,8 +262,7 @@ def plain_dashboard_importances(storage_url: str, identifier: int) -> list[dict]
     app = optuna_dashboard.wsgi(open_storage(storage_url))
     body = b"".join(app(environ, lambda status, headers, *_: statuses.append(status)))
     assert statuses == ["200 OK"], body
-    (importances,) = json.loads(body)["param_importances"]
-    return by_name(importances)
+    return by_name(json.loads(body)["param_importances"][objective])
 
 
 def served_importances(base: str, identifier: int) -> dict[str, tuple[float, str]]:
@@ -319,6 +320,25 @@ def test_importances_are_withheld_below_the_minimum_and_read_the_search_as_the_r
     ours = ped_anova(search_results(study.trials), study.direction)
     assert {name: importance for name, (importance, _) in shown.items()} == ours
     assert {"learning_rate_in_range", "optimizer"} <= set(ours)  # the optimizers' ranges differ
+
+
+def test_a_study_of_several_objectives_gets_the_dashboards_own_importances(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    # Not one of tuner's (it has one metric): the request goes to optuna-dashboard unchanged.
+    study = optuna.create_study(
+        study_name="pareto", storage=sqlite_url, directions=["minimize"] * 2
+    )
+    study.optimize(
+        lambda trial: (trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)), 4
+    )
+    with dashboard(sqlite_url, tmp_path / "dashboard.log") as base:
+        identifier = study_id(base, "pareto")
+        shown = get_json(f"{base}/api/studies/{identifier}/param_importances")
+    assert len(shown["param_importances"]) == 2  # one chart per objective
+    for objective, importances in enumerate(shown["param_importances"]):
+        plain = plain_dashboard_importances(sqlite_url, identifier, objective)
+        assert by_name(importances) == plain and set(plain) == {"x", "y"}
 
 
 def test_the_dashboard_reads_the_note_a_new_study_gets(sqlite_url: str) -> None:

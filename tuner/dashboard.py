@@ -99,7 +99,12 @@ def search_importances(app: WSGIApp, storage: BaseStorage) -> WSGIApp:
     # hard would otherwise recompute PED-ANOVA beside the workers, on every request.
     answered: dict[int, tuple[int, dict[str, Any]]] = {}
 
-    def answer(study_id: int) -> tuple[str, dict[str, Any]]:
+    def answer(study_id: int) -> tuple[str, dict[str, Any]] | None:
+        """The status and answer; None for a study tuner did not shape (several objectives),
+        which the dashboard answers itself. KeyError: no such study."""
+        directions = storage.get_study_directions(study_id)
+        if len(directions) != 1:
+            return None
         trials = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,))
         results = search_results(trials)
         reason = withheld(len(results))
@@ -107,11 +112,10 @@ def search_importances(app: WSGIApp, storage: BaseStorage) -> WSGIApp:
             return "400 Bad Request", {"reason": f"importance not shown: {reason}"}
         count, reply = answered.get(study_id, (0, {}))
         if count != len(results):
-            (direction,) = storage.get_study_directions(study_id)
             kinds = {n: type(d).__name__ for t in results for n, d in t.distributions.items()}
             rows = [
                 {"name": name, "importance": value, "distribution": kinds[name]}
-                for name, value in ped_anova(results, direction).items()
+                for name, value in ped_anova(results, directions[0]).items()
             ]
             reply = {"param_importances": [rows]}  # one list per objective
             answered[study_id] = (len(results), reply)
@@ -122,9 +126,12 @@ def search_importances(app: WSGIApp, storage: BaseStorage) -> WSGIApp:
         if request is None:
             return app(environ, start_response)
         try:
-            status, reply = answer(int(request[1]))
+            answered_here = answer(int(request[1]))
         except KeyError:  # no such study: the dashboard answers 404 itself
+            answered_here = None
+        if answered_here is None:
             return app(environ, start_response)
+        status, reply = answered_here
         body = json.dumps(reply).encode()
         start_response(
             status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
