@@ -25,13 +25,13 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.specs import build_spec
+from tests.trials import confirmation_runs
 from tuner import artifacts
 from tuner import study as studies
 from tuner.artifacts import CURVE_PLOT_MIN_SECONDS, artifact_dir
 from tuner.execution.worker import run_worker
 from tuner.importance import MIN_TRIALS, ped_anova, search_results
 from tuner.note import NOTE_PIECE, study_note
-from tuner.results import CONFIRMS
 from tuner.spec import StudySpec
 from tuner.storage import open_storage
 
@@ -300,17 +300,7 @@ def test_importances_are_withheld_below_the_minimum_and_read_the_search_as_the_r
         assert shown == plain_before
         # Confirmation runs of the best configuration: plain optuna-dashboard counts them,
         # tuner's chart, like the report, reads the search alone.
-        study.add_trials(
-            [
-                optuna.trial.create_trial(
-                    params=best.params,
-                    distributions=best.distributions,
-                    value=best.value * (1 + 0.01 * seed),
-                    user_attrs={**best.user_attrs, CONFIRMS: best.number},
-                )
-                for seed in range(3)
-            ]
-        )
+        study.add_trials(confirmation_runs(best))
         after = served_importances(base, enough)
     assert refused.value.code == 400
     reason = json.load(refused.value)["reason"]

@@ -13,13 +13,13 @@ from matplotlib import image as mpimg
 from optuna.trial import TrialState
 
 from tests.specs import build_spec
+from tests.trials import confirmation_runs
 from tuner import report
 from tuner import study as studies
 from tuner.cli import build_parser, main
 from tuner.errors import EmptyStudyError, StudyNotFoundError
 from tuner.execution.worker import run_worker
 from tuner.importance import MIN_TRIALS, ParameterImportances, parameter_importances
-from tuner.results import CONFIRMS
 from tuner.storage import open_storage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -331,15 +331,7 @@ def test_confirmation_runs_are_left_out_of_importances(built: dict) -> None:
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     # Three re-runs of the best trial on other seeds, as confirmation records them.
     best = min(complete, key=lambda trial: trial.value)
-    reruns = [
-        optuna.trial.create_trial(
-            params=best.params,
-            distributions=best.distributions,
-            value=best.value * (1 + 0.01 * seed),
-            user_attrs={**best.user_attrs, CONFIRMS: best.number},
-        )
-        for seed in range(3)
-    ]
+    reruns = confirmation_runs(best)
     with_reruns = parameter_importances([*study.trials, *reruns], study.direction, "loss")
     alone = parameter_importances(study.trials, study.direction, "loss")
     assert with_reruns.left_out == 3 and alone.left_out == 0
