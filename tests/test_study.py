@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from tuner import study as studies
 from tuner.errors import SpecError
 from tuner.pruners import PRUNERS, make_pruner
+from tuner.results import outside_budget
 from tuner.samplers import make_sampler
 from tuner.spec import StudySpec
 from tuner.storage import UNCOUNTED_KEYS, open_storage
@@ -203,4 +204,4 @@ def test_trials_outside_the_budget_are_retries_copies_and_confirmations() -> Non
         return optuna.trial.create_trial(value=1.0, system_attrs=system_attrs)
 
     trials = [made(), made(), *(made(**{key: 1}) for key in UNCOUNTED_KEYS)]
-    assert studies.outside_budget(trials) == len(UNCOUNTED_KEYS)
+    assert outside_budget(trials) == len(UNCOUNTED_KEYS)

@@ -25,12 +25,12 @@ from tuner.results import (
     count_sentence,
     count_states,
     diverged,
+    outside_budget,
     ranked_by_optimizer,
     states_by_optimizer,
     trial_config,
     trial_optimizer,
 )
-from tuner.study import outside_budget
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.config import TrainingConfig
 from tuner.errors import StudyNotFoundError
-from tuner.storage import open_storage, resolve_storage_url
+from tuner.storage import UNCOUNTED_KEYS, open_storage, resolve_storage_url
 from tuner.storage_urls import mask_url, sqlite_file
 
 
@@ -295,3 +295,10 @@ def best_by_optimizer(ranked: dict[str, RankedConfig]) -> dict[str, FrozenTrial]
     """The search trial of each optimizer type's best-ranked configuration (`ranked`, as
     `ranked_by_optimizer` gives it), best first."""
     return {name: config.trial for name, config in ranked.items()}
+
+
+def outside_budget(trials: list[FrozenTrial]) -> int:
+    """How many trials the budget does not count: retries of trials whose worker died,
+    interrupted trials (each re-run by one that counts), warm-start copies and confirmation
+    runs (see tuner.storage.UNCOUNTED_KEYS)."""
+    return sum(any(key in trial.system_attrs for key in UNCOUNTED_KEYS) for trial in trials)

@@ -18,6 +18,7 @@ from tuner import confirmation, warm_start
 from tuner import optuna_internals as internals
 from tuner import study as studies
 from tuner.errors import ExecutionError, StorageError, StorageUnreachableError
+from tuner.results import outside_budget
 from tuner.spec import StudySpec, parse_spec
 from tuner.storage import open_storage, rdb_backend, resolve_storage_url
 from tuner.workloads import preflight
@@ -175,7 +176,7 @@ def queued_only(study: optuna.Study, spec: StudySpec) -> StudySpec:
     """The spec with a trial budget of the trials the search made, so that workers claim the
     queued confirmation runs and no new trial (even where the budget was only a timeout)."""
     trials = study.get_trials(deepcopy=False)
-    made = len(trials) - studies.outside_budget(trials)
+    made = len(trials) - outside_budget(trials)
     # Without confirm, which the workers do not read: its top may exceed what a timeout left.
     budget = spec.budget.model_copy(update={"trials": made, "confirm": None})
     return parse_spec({**spec.to_dict(), "budget": budget.model_dump(mode="json")})

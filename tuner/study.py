@@ -23,7 +23,7 @@ from tuner.errors import SpecError
 from tuner.pruners import make_pruner
 from tuner.samplers import make_sampler
 from tuner.spec import ExecutionSpec, StudySpec
-from tuner.storage import INTERRUPTED_KEY, UNCOUNTED_KEYS, open_storage, rdb_backend
+from tuner.storage import INTERRUPTED_KEY, open_storage, rdb_backend
 from tuner.storage_urls import mask_url
 
 # Heartbeat callbacks, fail_stale_trials and grouped multivariate TPE are marked experimental
@@ -120,7 +120,8 @@ def claim_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
     """A trial for this worker: a waiting retry or re-run, else a new one while the budget
     lasts.
 
-    Returns None once ``[budget] trials`` trials have been handed out (see `outside_budget`).
+    Returns None once ``[budget] trials`` trials have been handed out (the count leaves out
+    what `tuner.results.outside_budget` counts).
     """
     claimed = rdb_backend(internals.study_storage(study)).claim_trial(
         internals.study_id(study),
@@ -209,10 +210,3 @@ def resolve_abandoned(study_name: str, storage_url: str, execution: ExecutionSpe
         reconnect_seconds=execution.reconnect_seconds,
     )
     return fail_stale_trials(optuna.load_study(study_name=study_name, storage=storage))
-
-
-def outside_budget(trials: list[optuna.trial.FrozenTrial]) -> int:
-    """How many trials the budget does not count: retries of trials whose worker died,
-    interrupted trials (each re-run by one that counts), warm-start copies and confirmation
-    runs (see tuner.storage.UNCOUNTED_KEYS)."""
-    return sum(any(key in trial.system_attrs for key in UNCOUNTED_KEYS) for trial in trials)
