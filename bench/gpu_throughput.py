@@ -81,7 +81,7 @@ def timed_steps(step: Callable[[], Any], device: torch.device, warmup: int, step
 
 def one_trial(dataset: str, batch_size: int, device: torch.device, warmup: int, steps: int):
     """Trial-steps/s of one trial trained alone, and its steps per epoch."""
-    from tuner.train import TrialTraining
+    from tuner.execution.train import TrialTraining
 
     training = TrialTraining(bench_spec(dataset), adam(1e-3, batch_size), 0, device)
     seconds = timed_steps(lambda: advance(training), device, warmup, steps)
@@ -91,7 +91,7 @@ def one_trial(dataset: str, batch_size: int, device: torch.device, warmup: int, 
 
 def _packed_process(arguments: tuple, barrier, results) -> None:
     dataset, batch_size, device, warmup, steps, index = arguments
-    from tuner.train import TrialTraining
+    from tuner.execution.train import TrialTraining
 
     if device.type == "cpu":
         torch.set_num_threads(1)  # the processes share the cores, as Ray workers would
@@ -131,8 +131,8 @@ def stacked(
     k: int, dataset: str, batch_size: int, device, warmup: int, steps: int, bf16: bool, compiled
 ) -> float:
     """Trial-steps/s of K Adam trials stacked in one `StackedTrials` (steps/s × K)."""
-    from tuner.stacked import StackedTrials
-    from tuner.vectorized_optimizers import vectorized_settings
+    from tuner.execution.stacked import StackedTrials
+    from tuner.search.vectorized_optimizers import vectorized_settings
 
     spec = bench_spec(dataset)
     rates = torch.logspace(-4, -2, k).tolist()

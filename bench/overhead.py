@@ -148,7 +148,7 @@ def curve_record(folder: Path, calls: int = 6) -> dict[str, float]:
     worker (LearningCurveRecorder.record: the PNG is drawn by a thread of its own)."""
     from optuna.trial import TrialState
 
-    from tuner.artifacts import LearningCurveRecorder, plot_curve
+    from tuner.storage.artifacts import LearningCurveRecorder, plot_curve
 
     curve = [
         {"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_accuracy": 1 - 1 / (e + 1)}

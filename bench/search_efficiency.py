@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-#: The optimizers searched: six families at their default ranges (tuner.optimizers).
+#: The optimizers searched: six families at their default ranges (tuner.search.optimizers).
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"]
 #: Strategy → the study file's ``[sampler]`` and ``[pruner]`` tables ({}: the defaults). The
 #: last three are the variants the default was chosen against (docs/benchmarks.md).
@@ -127,9 +127,9 @@ def run_one(job: tuple[str, str, int, int, int, float]) -> Run:
     """One study, in a fresh SQLite file, one worker with one thread."""
     import optuna
 
-    from tuner import study as studies
     from tuner.execution.worker import run_worker
-    from tuner.storage import open_storage
+    from tuner.storage.rdb import open_storage
+    from tuner.study import lifecycle as studies
 
     dataset, strategy, seed, trials, epochs, target = job
     spec = make_spec(dataset, strategy, seed, trials, epochs)

@@ -7,7 +7,7 @@ run of this script, so their ratios are meaningful on whatever machine runs it:
   Rosenbrock with one optimizer step per trial, searching SGD/Adam with learning rate, β1, β2
   and ε (up to 5 parameters, conditional).
 - plain Optuna: creating the study, then 2 processes calling `study.optimize()` whose
-  objective samples the same search space (through `tuner.space.sample_config` on the same
+  objective samples the same search space (through `tuner.search.space.sample_config` on the same
   spec) and evaluates Rosenbrock at a point drawn from it: what a hand-written Optuna script
   would cost, so the ratio measures tuner's overhead, not a difference in search spaces.
 - Ray Tune 2.x + OptunaSearch(storage=RDBStorage): 2 concurrent trials, one trainable per
@@ -54,8 +54,8 @@ def bench_spec(name: str, trials: int, storage: str | None = None) -> Any:
 
 
 def _plain_worker(name: str, url: str, trials: int) -> None:
-    from tuner.samplers import make_sampler
-    from tuner.space import sample_config
+    from tuner.search.samplers import make_sampler
+    from tuner.search.space import sample_config
 
     spec = bench_spec(name, trials)
 

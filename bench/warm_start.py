@@ -55,7 +55,7 @@ def bench_spec(
 
 def epochs_to_target(study: optuna.Study, metric: str, target: float) -> int | None:
     """Epochs the study trained, in trial order, until a trial first reached `target`."""
-    from tuner.results import diverged, is_search_trial
+    from tuner.study.results import diverged, is_search_trial
 
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     spent = 0
@@ -88,9 +88,9 @@ def run_study(spec: Any, url: str) -> tuple[optuna.Study, float]:
 
 def confirm_study(study: optuna.Study, spec: Any, url: str) -> None:
     """Confirm a searched study's winners, as tuner.runner.run does after the search."""
-    from tuner import confirmation
     from tuner.execution.worker import run_worker
     from tuner.runner import queued_only
+    from tuner.study import confirmation
 
     print(f"  {confirmation.queue_runs(study, spec).describe(spec.budget.confirm.seeds)}")
     run_worker(queued_only(study, spec), url, threads=1)

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tuner.cli import main
-from tuner.storage import open_storage
+from tuner.storage.rdb import open_storage
 
 ROOT = Path(__file__).parent.parent
 README = ROOT / "examples" / "README.md"

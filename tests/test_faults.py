@@ -20,9 +20,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tests.conftest import PrivatePostgres
 from tests.processes import alive, descendants
 from tests.specs import build_spec
-from tuner import study as studies
 from tuner.spec import StudySpec
-from tuner.storage import INTERRUPTED_KEY, open_storage
+from tuner.storage.rdb import INTERRUPTED_KEY, open_storage
+from tuner.study import lifecycle as studies
 
 ROOT = Path(__file__).parent.parent
 QUICKSTART = ROOT / "studies" / "quickstart.toml"

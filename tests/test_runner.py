@@ -12,7 +12,7 @@ import pytest
 from tuner.errors import SpecError, StorageError
 from tuner.runner import create_study, queued_only, run, with_overrides
 from tuner.spec import StudySpec
-from tuner.storage import OUTSIDE_BUDGET_KEY
+from tuner.storage.rdb import OUTSIDE_BUDGET_KEY
 
 MakeSpec = Callable[..., StudySpec]
 

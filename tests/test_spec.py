@@ -9,7 +9,7 @@ import pytest
 
 import tuner.spec
 from tuner.errors import SpecError
-from tuner.optimizers import REGISTRY
+from tuner.search.optimizers import REGISTRY
 from tuner.spec import load_spec, parse_spec
 
 STUDIES = sorted(Path(__file__).parent.parent.joinpath("studies").glob("*.toml"))
@@ -75,7 +75,7 @@ def test_optimizer_table_overrides_ranges_and_fixes_knobs() -> None:
 def test_a_plain_weight_decay_fixes_it_like_a_learning_rate(tmp_path: Path) -> None:
     import optuna
 
-    from tuner.space import sample_config
+    from tuner.search.space import sample_config
 
     path = tmp_path / "s.toml"
     path.write_text(MINIMAL)

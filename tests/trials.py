@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial
 
-from tuner.results import CONFIRMS
+from tuner.study.results import CONFIRMS
 
 
 def confirmation_runs(trial: FrozenTrial, seeds: int = 3) -> list[FrozenTrial]:

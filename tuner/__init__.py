@@ -23,19 +23,19 @@ from tuner.errors import (
 )
 
 if TYPE_CHECKING:
-    from tuner.api import BestConfig, best_config
     from tuner.config import TrainingConfig
+    from tuner.execution.script import current_trial
     from tuner.runner import run
-    from tuner.script import current_trial
     from tuner.spec import StudySpec, load_spec
+    from tuner.study.best import BestConfig, best_config
 
 # Public name → the module that defines it, imported when the name is first read.
 _LAZY = {
-    "BestConfig": "tuner.api",
-    "best_config": "tuner.api",
+    "BestConfig": "tuner.study.best",
+    "best_config": "tuner.study.best",
     "TrainingConfig": "tuner.config",
     "run": "tuner.runner",
-    "current_trial": "tuner.script",
+    "current_trial": "tuner.execution.script",
     "StudySpec": "tuner.spec",
     "load_spec": "tuner.spec",
 }

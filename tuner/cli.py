@@ -20,9 +20,9 @@ from tuner.errors import TunerError
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from tuner.display import StudyProgress, print_summary
     from tuner.runner import run, with_overrides
     from tuner.spec import load_spec
+    from tuner.views.display import StudyProgress, print_summary
 
     overrides = list(args.set or [])
     if args.trials is not None:
@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
             on_tick=progress.tick,
             say=lambda line: console.print(line, markup=False, soft_wrap=True),
         )
-    from tuner.storage import resolve_storage_url
+    from tuner.storage.rdb import resolve_storage_url
 
     # A study that completed no trial has no result: a script must not take it for one.
     completed = print_summary(console, study, resolve_storage_url(None, spec.execution.storage))
@@ -56,8 +56,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _best(args: argparse.Namespace) -> int:
-    from tuner.api import best_config
-    from tuner.display import describe_seeds
+    from tuner.study.best import best_config
+    from tuner.views.display import describe_seeds
 
     config = best_config(args.study, optimizer=args.optimizer, storage=args.storage)
     if args.json:
@@ -110,8 +110,8 @@ def _best(args: argparse.Namespace) -> int:
             "re-train the top 3 configurations on 3 fresh seeds each.",
             markup=False,
         )
-    from tuner.display import print_diverged
-    from tuner.results import count_outcomes, open_study
+    from tuner.study.results import count_outcomes, open_study
+    from tuner.views.display import print_diverged
 
     trials = open_study(args.study, args.storage)[0].get_trials(deepcopy=False)
     lost = count_outcomes(trials)["diverged"]
@@ -124,9 +124,9 @@ def _best(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from tuner.errors import SpecError
     from tuner.execution.worker import run_worker
-    from tuner.results import open_study
     from tuner.runner import with_overrides
     from tuner.spec import parse_spec
+    from tuner.study.results import open_study
 
     study, url = open_study(args.study, args.storage)
     recorded = study.user_attrs.get("spec")
@@ -143,10 +143,10 @@ def _worker(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from tuner.display import print_status
-    from tuner.results import open_study
     from tuner.spec import parse_spec
-    from tuner.study import resolve_abandoned
+    from tuner.study.lifecycle import resolve_abandoned
+    from tuner.study.results import open_study
+    from tuner.views.display import print_status
 
     study, url = open_study(args.study, args.storage)
     recorded = study.user_attrs.get("spec")
@@ -158,7 +158,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from tuner.dashboard import serve
+    from tuner.views.dashboard import serve
 
     return serve(args.storage, args.host, args.port)
 
@@ -166,7 +166,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tuner.report import FIGURES, write_report
+    from tuner.views.report import FIGURES, write_report
 
     page = write_report(args.study, Path(args.out), args.storage)
     drawn = [f"{name}.png" for name in FIGURES if (page.parent / f"{name}.png").exists()]
@@ -177,7 +177,7 @@ def _report(args: argparse.Namespace) -> int:
 def _data_fetch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tuner.datasets import fetch_dataset
+    from tuner.workloads.datasets import fetch_dataset
 
     name = args.dataset.replace("-", "_")
     paths = fetch_dataset(name, Path(args.dir) if args.dir else None, progress=print)

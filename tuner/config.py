@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import torch
 
-    from tuner.schedules import Scheduler
+    from tuner.search.schedules import Scheduler
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +28,7 @@ class TrainingConfig:
         momentum: SGD/RMSprop momentum where the optimizer has one, else None.
         weight_decay: 0.0 when off.
         hyperparameters: the optimizer's other knobs in natural units (beta1, beta2, eps, ...).
-        schedule: one of tuner.schedules.SCHEDULES.
+        schedule: one of tuner.search.schedules.SCHEDULES.
         warmup_fraction: share of steps spent warming up (warmup_cosine).
         max_grad_norm: gradient-norm clipping threshold, or None for no clipping.
         batch_size: mini-batch size, or None where the workload has no data.
@@ -53,7 +53,7 @@ class TrainingConfig:
         self, params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
     ) -> torch.optim.Optimizer:
         """A ready torch optimizer over `params` with this configuration."""
-        from tuner.optimizers import build_optimizer
+        from tuner.search.optimizers import build_optimizer
 
         return build_optimizer(
             self.target, params, self.learning_rate, self.weight_decay, self.knobs, self.lookahead
@@ -62,7 +62,7 @@ class TrainingConfig:
     @property
     def knobs(self) -> dict[str, Any]:
         """Every optimizer knob in natural units under one name each, momentum included: the
-        form `tuner.optimizers.optimizer_kwargs` maps to a library's arguments. (``momentum``
+        form `tuner.search.optimizers.optimizer_kwargs` maps to a library's arguments. (``momentum``
         is a field of its own because results and `best_config()` show it apart.)"""
         if self.momentum is None:
             return dict(self.hyperparameters)
@@ -77,7 +77,7 @@ class TrainingConfig:
     ) -> Scheduler:
         """The LR schedule; call ``step()`` after every optimizer step, except for ``plateau``
         (ReduceLROnPlateau), which takes ``step(metric)`` once per epoch."""
-        from tuner.schedules import build_scheduler
+        from tuner.search.schedules import build_scheduler
 
         return build_scheduler(
             optimizer, self.schedule, steps_per_epoch, epochs, self.warmup_fraction, direction

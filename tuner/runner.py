@@ -14,13 +14,13 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import TrialState
 
-from tuner import confirmation, warm_start
-from tuner import optuna_internals as internals
-from tuner import study as studies
 from tuner.errors import ExecutionError, StorageError, StorageUnreachableError
-from tuner.results import outside_budget
 from tuner.spec import StudySpec, parse_spec
-from tuner.storage import open_storage, rdb_backend, resolve_storage_url
+from tuner.storage import optuna_internals as internals
+from tuner.storage.rdb import open_storage, rdb_backend, resolve_storage_url
+from tuner.study import confirmation, warm_start
+from tuner.study import lifecycle as studies
+from tuner.study.results import outside_budget
 from tuner.workloads import preflight
 
 
@@ -113,7 +113,7 @@ def run(
     say: Callable[[str], None] = print,
 ) -> optuna.Study:
     """Run a study to the end of its budget, then confirm its winners if the spec asks
-    (tuner.confirmation), and return it.
+    (tuner.study.confirmation), and return it.
 
     Args:
         spec: the validated study spec (see `load_spec` and `with_overrides`).

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from tuner.errors import SpecError
-from tuner.optimizers import (
+from tuner.search.optimizers import (
     KNOB_SCALES,
     LIBRARY_NAMES,
     REGISTRY,
@@ -36,9 +36,9 @@ from tuner.optimizers import (
     import_target,
     knob,
 )
-from tuner.pruners import PRUNERS
-from tuner.samplers import SAMPLERS
-from tuner.schedules import SCHEDULES
+from tuner.search.pruners import PRUNERS
+from tuner.search.samplers import SAMPLERS
+from tuner.search.schedules import SCHEDULES
 
 Direction = Literal["minimize", "maximize"]
 Toggle = Literal["off", "on", "search"]
@@ -73,7 +73,7 @@ class WorkloadSpec(_Model):
     or a workload factory, tuner.workloads.user), or a command run once per trial."""
 
     name: str = ""
-    #: A program run once per trial (tuner.script), instead of a name.
+    #: A program run once per trial (tuner.execution.script), instead of a name.
     command: list[str] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     #: Folders user code is imported from (and a command runs in the first), before sys.path:
@@ -101,7 +101,7 @@ class SearchSpec(_Model):
     max_grad_norm: Number | Range = (0.1, 10.0)
     lookahead: Toggle = "off"
     batch_sizes: list[Int] = Field(default_factory=lambda: [128])
-    #: Earlier studies in the same storage whose results seed a new study (tuner.warm_start).
+    #: Earlier studies in the same storage whose results seed a new study (tuner.study.warm_start).
     warm_start: list[str] = Field(default_factory=list)
 
     @field_validator("warm_start")
@@ -153,7 +153,7 @@ class SearchSpec(_Model):
 
 class ConfirmSpec(_Model):
     """After the search, re-train the `top` configurations on `seeds` fresh seeds each
-    (tuner.confirmation); rankings then use the mean over those seeds."""
+    (tuner.study.confirmation); rankings then use the mean over those seeds."""
 
     top: Int = Field(default=3, gt=0)
     seeds: Int = Field(default=3, gt=0)
@@ -189,7 +189,7 @@ class SamplerSpec(_Model):
     """
 
     name: str = "tpe"
-    #: None: the sampler's own default (tuner.samplers: TPE 20, CMA-ES and GP 10).
+    #: None: the sampler's own default (tuner.search.samplers: TPE 20, CMA-ES and GP 10).
     n_startup_trials: Int | None = Field(default=None, ge=0)
 
     @field_validator("name")
@@ -203,7 +203,7 @@ class PrunerSpec(_Model):
     measured with bench/search_efficiency.py it reached a target with less training than
     Hyperband, whose conservative brackets train many trials in full (docs/benchmarks.md).
 
-    ``reduction_factor`` unset is the pruner's own default (its tuner.pruners entry).
+    ``reduction_factor`` unset is the pruner's own default (its tuner.search.pruners entry).
     """
 
     name: str = "successive_halving"
@@ -224,8 +224,8 @@ class ExecutionSpec(_Model):
     workers: Int = Field(default=1, gt=0)
     cpus_per_trial: Number = Field(default=1.0, gt=0)
     gpus_per_trial: Number | Literal["auto"] = "auto"
-    #: Trials one worker trains at once, stacked where their optimizer allows (tuner.stacked);
-    #: "auto" is 64 on a GPU and 1 on a CPU.
+    #: Trials one worker trains at once, stacked where their optimizer allows
+    #: (tuner.execution.stacked): "auto" is 64 on a GPU and 1 on a CPU.
     trials_per_worker: Int | Literal["auto"] = 1
     ray_address: str | None = None
     storage: str | None = None
@@ -234,7 +234,7 @@ class ExecutionSpec(_Model):
     heartbeat_seconds: Int = Field(default=5, ge=1)
     grace_seconds: Int = Field(default=20, ge=2)
     #: How long the study's processes retry while the database is unreachable before they
-    #: stop (tuner.storage.RetryingRDBStorage; the default is its RECONNECT_SECONDS).
+    #: stop (tuner.storage.rdb.RetryingRDBStorage; the default is its RECONNECT_SECONDS).
     reconnect_seconds: Int = Field(default=120, ge=1)
 
     @model_validator(mode="after")
@@ -406,7 +406,7 @@ def _check_with_library(choice: OptimizerSpec) -> None:
     file, not a failure of every trial. The library's own validation decides."""
     import torch
 
-    from tuner.optimizers import library_defaults, optimizer_kwargs
+    from tuner.search.optimizers import library_defaults, optimizer_kwargs
 
     optimizer_class = import_target(choice.target)
     defaults = library_defaults(optimizer_class)

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import tuner
-from tuner.datasets import load_dataset
 from tuner.integrations.lightning import TunerCallback, configure_optimizers, trainer_options
+from tuner.workloads.datasets import load_dataset
 
 
 class DigitsClassifier(lightning.LightningModule):

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import tuner
-from tuner.datasets import load_dataset
+from tuner.workloads.datasets import load_dataset
 
 
 def loaders(batch_size: int) -> tuple[DataLoader, DataLoader]:

@@ -15,8 +15,8 @@ import torch
 from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClassification
 
 import tuner
-from tuner.datasets import load_dataset
 from tuner.integrations.transformers import TunerCallback, optimizers, training_arguments
+from tuner.workloads.datasets import load_dataset
 
 
 def examples(images: np.ndarray, labels: np.ndarray) -> list[dict]:

@@ -3,14 +3,14 @@
 One loop per worker process (a Ray task, or ``tuner worker`` under any scheduler); no
 process per trial, so per-trial overhead stays near plain Optuna's. A worker trains up to
 ``trials_per_worker`` trials at once: trials whose optimizer has a vectorized rule share a
-stack (tuner.stacked: one vmapped step for all), the others train alone, stepped in turn. As
-soon as a trial ends its place goes to a newly claimed one. Whichever way a trial ran, it is
-judged, reported, pruned and told on its own (tuner.train.close_epoch).
+stack (tuner.execution.stacked: one vmapped step for all), the others train alone, stepped in turn.
+As soon as a trial ends its place goes to a newly claimed one. Whichever way a trial ran, it is
+judged, reported, pruned and told on its own (tuner.execution.train.close_epoch).
 
 Optuna beats heartbeats and sweeps stale trials only inside ``study.optimize()``; under
 ask/tell this loop does both. A worker whose database stays unreachable for the retry window
 stops: its trials are interrupted where it can still mark them (re-run on resume), and the
-next process to open the study resolves those it cannot (tuner.storage.RetryingRDBStorage).
+next process to open the study resolves those it cannot (tuner.storage.rdb.RetryingRDBStorage).
 """
 
 from __future__ import annotations
@@ -33,17 +33,10 @@ import torch
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from tuner import optuna_internals as internals
-from tuner import study as studies
-from tuner.artifacts import LearningCurveRecorder, TrialRecorder
 from tuner.config import TrainingConfig
 from tuner.errors import StorageUnreachableError
-from tuner.results import DIVERGED_ATTR
-from tuner.space import sample_config
-from tuner.spec import StudySpec
-from tuner.stacked import StackedTrials, can_stack, stack_key
-from tuner.storage import open_storage, rdb_backend
-from tuner.train import (
+from tuner.execution.stacked import StackedTrials, can_stack, stack_key
+from tuner.execution.train import (
     EpochResult,
     TrainingRecord,
     TrialDiverged,
@@ -52,8 +45,15 @@ from tuner.train import (
     pick_device,
     trial_seed,
 )
-from tuner.trial import Trial, run_function
-from tuner.vectorized_optimizers import vectorized_settings
+from tuner.execution.trial import Trial, run_function
+from tuner.search.space import sample_config
+from tuner.search.vectorized_optimizers import vectorized_settings
+from tuner.spec import StudySpec
+from tuner.storage import optuna_internals as internals
+from tuner.storage.artifacts import LearningCurveRecorder, TrialRecorder
+from tuner.storage.rdb import open_storage, rdb_backend
+from tuner.study import lifecycle as studies
+from tuner.study.results import DIVERGED_ATTR
 from tuner.workloads import TrialContext, build_trainable, training_function
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ UserLoop = Callable[[Trial], float]
 def user_loop(spec: StudySpec, storage_url: str) -> UserLoop | None:
     """How this study's trials train when user code owns the loop, else None."""
     if spec.workload.command:
-        from tuner.script import run_script
+        from tuner.execution.script import run_script
 
         return partial(run_script, spec, storage_url)
     function = training_function(spec.workload)
@@ -275,9 +275,9 @@ class _Running:
 
     def stop_all(self, reason: str, interrupted: bool) -> None:
         """End every trial still training (the worker is stopping): `interrupted`, for no
-        fault of the trials, each is re-run when the study resumes (tuner.study.interrupt);
-        otherwise it is told FAIL. One that cannot be marked now is left to go stale and be
-        retried."""
+        fault of the trials, each is re-run when the study resumes
+        (tuner.study.lifecycle.interrupt); otherwise it is told FAIL. One that cannot be marked now
+        is left to go stale and be retried."""
         for number, slot in list(self.slots.items()):
             try:
                 if interrupted:
@@ -362,7 +362,7 @@ def _finish(
         # with Optuna's per-trial constraint: TPE ranks infeasible trials below every feasible
         # one, GP models the constraint and clips the infinite value to the worst finite one,
         # CMA-ES ranks it last. Optuna's best_trial and importances, and tuner's results
-        # (tuner.results.completed), skip it by its constraint, its infinite value and the
+        # (tuner.study.results.completed), skip it by its constraint, its infinite value and the
         # "diverged" attribute that users see it by.
         state = TrialState.COMPLETE
         value = math.inf if study.direction == StudyDirection.MINIMIZE else -math.inf
@@ -426,9 +426,9 @@ def run_worker(
         threads: torch CPU threads for this worker (its share of the cores).
         node: the machine recorded on each trial (the host name by default).
         stream: this worker's index among those sampling the study at once, so that no two
-            draw the same trials (see tuner.study.sampler_seed).
+            draw the same trials (see tuner.study.lifecycle.sampler_seed).
         recorder: records each finished trial beyond its database row (default: its learning
-            curve as an artifact, `tuner.artifacts.LearningCurveRecorder`).
+            curve as an artifact, `tuner.storage.artifacts.LearningCurveRecorder`).
         run: the run this worker is part of, the prefix of its workers' names: `timeout`
             counts from the first trial any of them started (default: this worker's).
         stop: asked before each claim; once it returns True no more trials are claimed

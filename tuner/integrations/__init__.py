@@ -2,8 +2,8 @@
 
 `tuner.integrations.lightning` (PyTorch Lightning) and `tuner.integrations.transformers`
 (Hugging Face Trainer), installed with the extras ``tuner[lightning]`` and
-``tuner[transformers]``. Both report through `tuner.trial.Trial.report` and stop the same way,
-through `Reporter`.
+``tuner[transformers]``. Both report through `tuner.execution.trial.Trial.report` and stop the same
+way, through `Reporter`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import optuna
 
-from tuner.train import TrialDiverged
-from tuner.trial import Trial
+from tuner.execution.train import TrialDiverged
+from tuner.execution.trial import Trial
 
 
 class Reporter:

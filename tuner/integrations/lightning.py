@@ -26,9 +26,9 @@ from typing import Any, Literal
 import lightning
 
 from tuner.config import TrainingConfig
+from tuner.execution.trial import Trial
 from tuner.integrations import Reporter
-from tuner.schedules import steps_per_epoch_scheduler
-from tuner.trial import Trial
+from tuner.search.schedules import steps_per_epoch_scheduler
 
 
 class TunerCallback(lightning.pytorch.Callback):

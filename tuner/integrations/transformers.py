@@ -27,9 +27,9 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tuner.config import TrainingConfig
+from tuner.execution.trial import Trial
 from tuner.integrations import Reporter
-from tuner.schedules import Scheduler
-from tuner.trial import Trial
+from tuner.search.schedules import Scheduler
 
 
 class TunerCallback(TrainerCallback):

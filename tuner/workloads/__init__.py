@@ -2,8 +2,8 @@
 
 A user factory is called as ``factory(options: dict, context: TrialContext)`` and returns a
 `Trainable`; a training function ``train(trial)`` and a command own their training loop
-(tuner.trial, tuner.script). Their study file must name the metric and direction, which only
-they know.
+(tuner.execution.trial, tuner.execution.script). Their study file must name the metric and
+direction, which only they know.
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ class MiniBatchTask:
     """Supervised training on tensors resident on the trial's device, in shuffled mini-batches.
 
     Subclasses set the tensors, `model` and `batch_size`, and define per-sample `sample_losses`
-    and `validation_terms`. Per sample, so a stack of trials (tuner.stacked) can mask the short
-    last batch of an epoch and compute exactly what one trial computes alone.
+    and `validation_terms`. Per sample, so a stack of trials (tuner.execution.stacked) can mask the
+    short last batch of an epoch and compute exactly what one trial computes alone.
     """
 
     model: torch.nn.Module

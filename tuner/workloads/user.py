@@ -6,7 +6,7 @@ function from a workload factory.
 spec when it is loaded, so every Ray worker and ``tuner worker`` finds the module the driver
 found), then from ``sys.path``. What the object is follows from its signature, which is
 unambiguous: one required parameter, ``train(trial)``, is a training function that owns its
-loop (tuner.trial); two, ``factory(options, context)``, is a factory of a `Trainable` that
+loop (tuner.execution.trial); two, ``factory(options, context)``, is a factory of a `Trainable` that
 tuner's loop drives.
 """
 

@@ -48,7 +48,7 @@ class VisionOptions(Options):
     @field_validator("dataset")
     @classmethod
     def _known(cls, name: str) -> str:
-        from tuner.datasets import dataset
+        from tuner.workloads.datasets import dataset
 
         dataset(name)  # raises naming the data sets there are
         return name
@@ -60,7 +60,7 @@ def _device_data(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """The image set as tensors on `device`, loaded once per worker process and shared by its
     trials (read-only): a stack of K trials would otherwise hold K copies."""
-    from tuner.datasets import load_dataset
+    from tuner.workloads.datasets import load_dataset
 
     data = load_dataset(options.dataset, Path(options.data_dir) if options.data_dir else None)
 
@@ -103,7 +103,7 @@ class ImageClassification(MiniBatchTask):
 
 
 def _require_data(options: VisionOptions) -> None:
-    from tuner.datasets import require_files
+    from tuner.workloads.datasets import require_files
 
     require_files(options.dataset, Path(options.data_dir) if options.data_dir else None)
 

@@ -1,0 +1,1 @@
+"""Tests of tuner.execution: the worker loop, Ray, training, stacked trials, user code."""

@@ -1,0 +1,1 @@
+"""Tests of tuner.search: the space, samplers, optimizers, schedules and vectorized rules."""

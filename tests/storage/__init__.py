@@ -1,0 +1,1 @@
+"""Tests of tuner.storage: URLs, the retrying storage, Optuna's internals, artifacts."""

@@ -1,0 +1,44 @@
+"""The learning-curve PNG is drawn off the trial's path: attached at once, drawn by a thread."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner.storage import artifacts
+from tuner.storage.artifacts import LearningCurveRecorder
+
+
+def test_the_plot_is_drawn_by_a_background_thread_under_the_id_the_trial_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'studies.db'}")
+    drawn_on: list[str] = []
+    real_plot = artifacts.plot_curve
+
+    def plot_and_note_the_thread(*args: object) -> None:
+        drawn_on.append(threading.current_thread().name)
+        real_plot(*args)
+
+    monkeypatch.setattr(artifacts, "plot_curve", plot_and_note_the_thread)
+    recorder = LearningCurveRecorder()
+    curve = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e} for e in (1, 2, 3)]
+    for _ in range(3):
+        trial = study.ask()
+        recorder.record(trial, TrialState.COMPLETE, curve, seconds=5.0)
+        study.tell(trial, 0.0)  # told while its plot may still be drawing
+    recorder.finish()
+
+    assert drawn_on == ["curve-plots"] * 3  # never the worker's own thread
+    for trial in study.get_trials():
+        (key,) = [key for key in trial.system_attrs if key.startswith("artifacts:")]
+        meta = json.loads(trial.system_attrs[key])
+        assert meta["filename"] == f"learning_curve_trial_{trial.number}.png"
+        assert meta["mimetype"] == "image/png"
+        png = (tmp_path / "artifacts" / meta["artifact_id"]).read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")

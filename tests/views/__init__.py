@@ -1,0 +1,1 @@
+"""Tests of tuner.views: the terminal display, the report and the dashboard."""

@@ -1,0 +1,1 @@
+"""Tests of tuner.workloads: the built-in workloads and data sets."""

@@ -1,0 +1,199 @@
+"""A command run once per trial (``[workload] command``), and `current_trial()` inside it.
+
+The worker starts the command in the study file's folder and hands it the trial through the
+environment variable TUNER_TRIAL (the storage URL, study, trial id, seed, device and
+configuration); the script calls `tuner.current_trial()` and gets the same `Trial` a
+training function gets, whose `report` talks to the study database directly. The worker keeps
+heartbeats going meanwhile; when the script exits it reads back what the script reported
+(curve, pruned or diverged), keeps stdout and stderr as the trial's artifacts, and settles the
+trial: a non-zero exit is a FAIL with the tail of stderr as its reason.
+
+The command runs in its own process group: Ctrl-C or a cancelled worker ends the script and
+every process it started. A SIGKILLed worker cannot clean up; on Linux the command runs under
+tuner.execution.script_guard, which ends the group when the worker dies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from tuner.config import TrainingConfig
+from tuner.execution.script_guard import GRACE_SECONDS
+from tuner.execution.train import TrainingRecord, TrialDiverged
+from tuner.execution.trial import Trial, final_value
+from tuner.spec import StudySpec, parse_spec
+from tuner.storage import optuna_internals as internals
+
+logger = logging.getLogger(__name__)
+
+#: The environment variable through which a worker hands a script its trial.
+TRIAL_VARIABLE = "TUNER_TRIAL"
+#: The user attribute where a script's `report` leaves why it stopped (pruned or diverged).
+STOP_ATTRIBUTE = "script_stop"
+#: Lines of stderr kept in a failed script's fail_reason.
+STDERR_TAIL_LINES = 20
+
+
+class ScriptFailed(Exception):
+    """The command exited non-zero; the message has its status and the tail of its stderr."""
+
+
+_current: Trial | None = None
+
+
+def current_trial() -> Trial:
+    """The trial this script was started for (by a worker of a ``[workload] command`` study).
+
+    Raises:
+        RuntimeError: the script was not started by a tuner worker.
+    """
+    global _current
+    if _current is not None:
+        return _current
+    raw = os.environ.get(TRIAL_VARIABLE)
+    if raw is None:
+        raise RuntimeError(
+            f"tuner.current_trial(): no trial handed over (${TRIAL_VARIABLE} is not set); run "
+            "this script through a study file with [workload] command = [...] and `tuner run`"
+        )
+    handed = json.loads(raw)
+    from tuner.search.pruners import make_pruner
+    from tuner.storage.rdb import open_storage
+
+    storage = open_storage(handed["storage"])  # no heartbeat here: the worker beats for it
+    study_id = storage.get_study_id_from_name(handed["study"])
+    spec = parse_spec(storage.get_study_user_attrs(study_id)["spec"], f"study {handed['study']}")
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
+    record = TrainingRecord()
+    _current = Trial(
+        optuna.Trial(study, handed["trial_id"]),
+        spec,
+        TrainingConfig.from_dict(handed["config"]),
+        handed["seed"],
+        torch.device(handed["device"]),
+        record,
+        on_report=_publish,
+    )
+    torch.manual_seed(_current.seed)
+    return _current
+
+
+def _publish(trial: Trial, stopped: BaseException | None) -> None:
+    """After each report: leave the curve, and why the trial stopped, for the worker."""
+    attributes: dict[str, Any] = {
+        "curve": trial.record.curve,
+        "epochs_run": trial.record.epochs_run,
+    }
+    if stopped is not None:
+        kind = "pruned" if isinstance(stopped, optuna.TrialPruned) else "diverged"
+        attributes[STOP_ATTRIBUTE] = {"kind": kind, "reason": str(stopped)}
+    storage = trial.optuna_trial.storage
+    for key, value in attributes.items():
+        storage.set_trial_user_attr(internals.trial_id(trial.optuna_trial), key, value)
+
+
+def run_script(spec: StudySpec, storage_url: str, trial: Trial) -> float:
+    """Run the study's command for `trial` to its end and return the trial's value.
+
+    Raises:
+        optuna.TrialPruned: the script's report was pruned.
+        TrialDiverged: it reported a non-finite value.
+        ScriptFailed: it exited non-zero.
+        MetricNotReported: it exited 0 without reporting the study's metric.
+    """
+    command = list(spec.workload.command or [])
+    folder = spec.workload.search_path[0] if spec.workload.search_path else None
+    handed = {
+        "storage": storage_url,
+        "study": spec.name,
+        "trial_id": internals.trial_id(trial.optuna_trial),
+        "seed": trial.seed,
+        "device": str(trial.device),
+        "config": trial.config.to_dict(),
+    }
+    env = {**os.environ, TRIAL_VARIABLE: json.dumps(handed)}
+    argv = interpreted(command)
+    if sys.platform.startswith("linux"):  # the guard needs Linux's parent-death signal
+        argv = [sys.executable, "-m", "tuner.execution.script_guard", str(os.getpid()), *argv]
+    with tempfile.TemporaryDirectory(prefix="tuner-script-") as tmp:
+        stdout_path = Path(tmp) / f"trial_{trial.number}_stdout.txt"
+        stderr_path = Path(tmp) / f"trial_{trial.number}_stderr.txt"
+        with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+            process = subprocess.Popen(
+                argv, cwd=folder, env=env, stdout=stdout, stderr=stderr, start_new_session=True
+            )
+            try:
+                status = process.wait()
+            finally:  # also after a clean exit: nothing the script started outlives its trial
+                _end_group(process)
+        _keep_output(trial, [stdout_path, stderr_path])
+        tail = stderr_path.read_text(errors="replace").splitlines()[-STDERR_TAIL_LINES:]
+    return _settle_script(trial, command, status, tail)
+
+
+def interpreted(command: list[str]) -> list[str]:
+    """The command, with a leading ``python`` meaning the interpreter tuner runs in: the one
+    where `tuner.current_trial()` can be imported, whatever ``python`` is first on PATH."""
+    return [sys.executable, *command[1:]] if command[:1] == ["python"] else list(command)
+
+
+def _settle_script(trial: Trial, command: list[str], status: int, tail: list[str]) -> float:
+    """What the script's exit and its reports in storage make of the trial."""
+    frozen = trial.optuna_trial.storage.get_trial(internals.trial_id(trial.optuna_trial))
+    trial.record.curve = list(frozen.user_attrs.get("curve", []))
+    trial.record.epochs_run = int(frozen.user_attrs.get("epochs_run", 0))
+    stop = frozen.user_attrs.get(STOP_ATTRIBUTE)
+    if stop is not None:
+        if stop["kind"] == "pruned":
+            raise optuna.TrialPruned(stop["reason"])
+        raise TrialDiverged(stop["reason"])
+    if status != 0:
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        stderr = "\n".join(tail) or "(no output on stderr)"
+        raise ScriptFailed(f"{shlex.join(command)} {how}; stderr ends:\n{stderr}")
+    if frozen.intermediate_values:
+        trial.value = frozen.intermediate_values[max(frozen.intermediate_values)]
+    return final_value(trial, None, shlex.join(command))
+
+
+def _end_group(process: subprocess.Popen) -> None:
+    """Stop every process of the script's group: SIGTERM, then SIGKILL after a grace."""
+    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return  # the group is empty: all gone
+        try:
+            process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _keep_output(trial: Trial, paths: list[Path]) -> None:
+    """Upload the script's stdout and stderr as the trial's artifacts (what the dashboard
+    lists); a failure to do so is logged, never the trial's failure."""
+    from optuna.artifacts import upload_artifact
+
+    from tuner.storage.artifacts import artifact_store
+
+    try:
+        store = artifact_store(trial.optuna_trial.storage)
+        for path in paths:
+            if path.stat().st_size:
+                upload_artifact(
+                    artifact_store=store, file_path=str(path), study_or_trial=trial.optuna_trial
+                )
+    except Exception as error:
+        logger.warning("trial %d: script output not kept: %s", trial.number, error)

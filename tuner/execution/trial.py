@@ -1,0 +1,139 @@
+"""The trial a user's training code receives: its configuration, and `report` to the study.
+
+A training function ``train(trial)`` (``[workload] name = "train:train"``) gets one from its
+worker; a script run per trial (``[workload] command``) gets one from `tuner.current_trial()`
+(tuner.execution.script). Either way `report` goes through the same judgement as tuner's own loop
+(tuner.execution.train.close_epoch): the learning curve is recorded, a non-finite value is a
+divergence, and the pruner's decision, read from the shared storage, stops the trial.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+import torch
+
+from tuner.config import TrainingConfig
+from tuner.execution.train import EpochResult, TrainingRecord, TrialDiverged, close_epoch
+from tuner.spec import StudySpec
+
+
+class MetricNotReported(Exception):
+    """The user's code reported without the study's metric, or never reported at all."""
+
+
+class Trial:
+    """One trial as the user's training code sees it.
+
+    Attributes:
+        number: the trial's number in its study.
+        config: the sampled `TrainingConfig`: ``config.build_optimizer(model.parameters())``
+            and ``config.build_scheduler(optimizer, steps_per_epoch, epochs)``, as
+            `tuner.best_config()` gives them later; ``config.batch_size`` the sampled batch.
+        seed: the trial's seed (torch is seeded with it before the code runs).
+        device: where to train (the worker's GPU, else the CPU).
+        epochs: the study's ``[budget] epochs``: how many epochs to train and report.
+        options: the study file's ``[workload.options]``.
+        metric, direction: what the study optimises.
+        optuna_trial: the Optuna trial underneath (its storage, its id).
+        record: the learning curve so far, as the worker records it.
+    """
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        spec: StudySpec,
+        config: TrainingConfig,
+        seed: int,
+        device: torch.device,
+        record: TrainingRecord,
+        on_report: Callable[[Trial, BaseException | None], None] | None = None,
+    ):
+        self.optuna_trial, self.record = trial, record
+        self._spec, self._on_report = spec, on_report
+        self.number = trial.number
+        self.config, self.seed, self.device = config, seed, device
+        self.epochs = spec.budget.epochs
+        self.options: dict[str, Any] = dict(spec.workload.options)
+        self.metric: str = spec.metric or ""
+        self.direction = spec.direction
+        #: The study's metric as last reported (NaN before the first report).
+        self.value = math.nan
+        #: Why the trial was stopped (pruned or diverged), once `report` has raised it.
+        self.stopped: BaseException | None = None
+
+    def report(self, metrics: Mapping[str, float] | float, epoch: int) -> None:
+        """Record one epoch's metrics (a number is the study's metric) after `epoch` epochs.
+
+        A ``train_loss`` (or ``loss``) among them judges divergence as in tuner's own loop; a
+        ``learning_rate`` joins the learning curve (else the configured one is drawn).
+
+        Raises:
+            optuna.TrialPruned: the pruner stopped the trial: return (or let it propagate).
+            TrialDiverged: a reported value is NaN or infinite.
+            MetricNotReported: `metrics` lacks the study's metric.
+        """
+        if not isinstance(metrics, Mapping):
+            metrics = {self.metric: metrics}
+        values = {name: float(value) for name, value in metrics.items()}
+        if self.metric not in values:
+            raise MetricNotReported(
+                f"reported {', '.join(values) or 'nothing'} in epoch {epoch}, not the study's "
+                f"metric {self.metric!r} (the top-level metric of the study file)"
+            )
+        others = {k: v for k, v in values.items() if k not in ("train_loss", "learning_rate")}
+        result = EpochResult(
+            train_loss=values.get("train_loss", values.get("loss", values[self.metric])),
+            parameter_norm=0.0,  # the model is the user's: the reported values judge it
+            metrics=others,
+            learning_rate=values.get("learning_rate", self.config.learning_rate),
+        )
+        try:
+            self.value = close_epoch(self.optuna_trial, self._spec, self.record, epoch, result)
+        except (optuna.TrialPruned, TrialDiverged) as stop:
+            self.stopped = stop
+            raise
+        finally:
+            if self._on_report is not None:
+                self._on_report(self, self.stopped)
+
+
+def run_function(function: Callable[[Trial], Any], trial: Trial) -> float:
+    """Call the user's ``train(trial)`` and return the trial's value: what it returns (a
+    number, or a mapping holding the study's metric), else the last reported value.
+
+    Raises:
+        optuna.TrialPruned: the pruner stopped it (even if the function caught the exception).
+        TrialDiverged: it reported or returned a non-finite value.
+        MetricNotReported: it returned nothing and never reported the study's metric.
+    """
+    torch.manual_seed(trial.seed)
+    returned = function(trial)
+    if trial.stopped is not None:  # the function swallowed the stop and returned
+        raise trial.stopped
+    return final_value(trial, returned, "train()")
+
+
+def final_value(trial: Trial, returned: Any, what: str) -> float:
+    """The trial's value from what the code returned (None: the last report)."""
+    if isinstance(returned, Mapping):
+        if trial.metric not in returned:
+            raise MetricNotReported(
+                f"{what} returned {', '.join(map(str, returned))}, not the study's metric "
+                f"{trial.metric!r}"
+            )
+        returned = returned[trial.metric]
+    if returned is None:
+        if math.isnan(trial.value) and not trial.record.curve:
+            raise MetricNotReported(
+                f"{what} never reported the study's metric {trial.metric!r}: call "
+                f"trial.report({{{trial.metric!r}: value}}, epoch) or return the value"
+            )
+        return trial.value
+    value = float(returned)
+    if not math.isfinite(value):
+        raise TrialDiverged(f"diverged: {what} returned {trial.metric} {value}")
+    return value

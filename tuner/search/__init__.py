@@ -1,0 +1,2 @@
+"""What is sampled and how: the search space, samplers, pruners, and the optimizer and schedule
+registries."""

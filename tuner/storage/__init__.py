@@ -1,0 +1,2 @@
+"""Where studies live: storage URLs, Optuna's RDB storage made faster and retrying, its private API
+behind one door, artifacts."""
