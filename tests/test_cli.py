@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from tuner.cli import main
-from tuner.storage import default_storage_path
+from tuner.storage.rdb import default_storage_path
 
 ROOT = Path(__file__).parent.parent
 QUICKSTART = ROOT / "studies" / "quickstart.toml"
@@ -172,10 +172,10 @@ def test_worker_and_status_of_an_unknown_study_exit_2(
 def test_status_shows_states_best_and_throughput(
     sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tuner import study as studies
     from tuner.execution.worker import run_worker
     from tuner.spec import load_spec
-    from tuner.storage import open_storage
+    from tuner.storage.rdb import open_storage
+    from tuner.study import lifecycle as studies
 
     spec = load_spec(QUICKSTART, ["budget.trials=6", "budget.epochs=2"])
     studies.create_or_resume(spec, open_storage(sqlite_url))
@@ -193,11 +193,11 @@ def test_best_table_and_summary_hints_show_brackets_and_the_storage(
     from rich.console import Console
 
     from tuner import best_config
-    from tuner import study as studies
-    from tuner.display import print_summary
     from tuner.execution.worker import run_worker
     from tuner.spec import load_spec
-    from tuner.storage import open_storage
+    from tuner.storage.rdb import open_storage
+    from tuner.study import lifecycle as studies
+    from tuner.views.display import print_summary
 
     overrides = ["budget.trials=4", "budget.epochs=2", "pruner.name='none'"]
     spec = load_spec(QUICKSTART, [*overrides, "search.optimizers=['momentum', 'nesterov']"])
@@ -289,6 +289,15 @@ def test_help_and_usage_errors_import_no_heavy_library(args: list[str]) -> None:
     assert result.stdout.splitlines()[-1] == f"{code} []"
 
 
+def test_python_dash_m_tuner_is_the_tuner_command() -> None:
+    """`python -m tuner` answers as `tuner` does, for environments whose scripts are off PATH."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: tuner ") and " run " in result.stdout
+
+
 def test_import_tuner_is_cheap_and_its_public_names_still_resolve() -> None:
     probe = (
         "import sys, tuner\n"
@@ -299,7 +308,7 @@ def test_import_tuner_is_cheap_and_its_public_names_still_resolve() -> None:
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
-    assert result.stdout.splitlines() == ["[]", "True", "tuner.api tuner.spec tuner.runner"]
+    assert result.stdout.splitlines() == ["[]", "True", "tuner.study.best tuner.spec tuner.runner"]
 
 
 @pytest.mark.ray
@@ -379,7 +388,7 @@ def test_summary_at_80_columns_keeps_settings_whole_and_knobs_near_1_distinct(
     from rich.console import Console
 
     from tuner.config import TrainingConfig
-    from tuner.display import print_summary
+    from tuner.views.display import print_summary
 
     study = optuna.create_study(study_name="narrow", storage=sqlite_url)
     start = datetime.datetime.now()
@@ -412,10 +421,10 @@ def test_version_and_a_closed_pipe(tmp_path: Path) -> None:
     assert version.returncode == 0 and version.stdout.startswith("tuner 0.")
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    from tuner import study as studies
     from tuner.execution.worker import run_worker
     from tuner.spec import load_spec
-    from tuner.storage import open_storage
+    from tuner.storage.rdb import open_storage
+    from tuner.study import lifecycle as studies
 
     spec = load_spec(QUICKSTART, ["budget.trials=1", "budget.epochs=1"])
     studies.create_or_resume(spec, open_storage(url))
