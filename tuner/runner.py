@@ -76,7 +76,7 @@ def warm_start_sources(spec: StudySpec, url: str) -> list[warm_start.Source]:
         StudyNotFoundError: a warm-start study is not in the storage.
     """
     storage = open_storage(url, reconnect_seconds=spec.execution.reconnect_seconds)
-    if spec.name in optuna.get_all_study_names(storage):
+    if studies.recorded_spec(spec.name, storage) is not None:
         return []
     return warm_start.check_sources(spec, storage, url)
 

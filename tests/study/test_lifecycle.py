@@ -3,10 +3,14 @@ what a resume must keep, and the budget that claimed trials spend."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from tuner.errors import SpecError
@@ -205,3 +209,67 @@ def test_trials_outside_the_budget_are_retries_copies_and_confirmations() -> Non
 
     trials = [made(), made(), *(made(**{key: 1}) for key in UNCOUNTED_KEYS)]
     assert outside_budget(trials) == len(UNCOUNTED_KEYS)
+
+
+@contextmanager
+def _statements(storage: optuna.storages.RDBStorage) -> Iterator[list[str]]:
+    """The SQL the storage's engine runs inside the block, as it is sent."""
+    sent: list[str] = []
+
+    def record(*args: object) -> None:
+        sent.append(str(args[2]))
+
+    sqlalchemy.event.listen(storage.engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        sqlalchemy.event.remove(storage.engine, "before_cursor_execute", record)
+
+
+def test_creating_or_resuming_a_study_reads_no_other_study(
+    storage_url: str, study_name: str, make_spec: MakeSpec
+) -> None:
+    """What a shared database holds besides the study costs its start nothing: no statement
+    of a create or resume reads a trial, or lists the studies."""
+    storage = open_storage(storage_url)
+    neighbour = optuna.create_study(study_name=f"{study_name}-neighbour", storage=storage)
+    try:
+        neighbour.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+        for run in ("create", "resume"):
+            with _statements(storage) as sent:
+                studies.create_or_resume(make_spec(name=study_name), storage)
+            reads = [s for s in sent if re.search(r"\bFROM (trials|trial_\w+|studies)\b", s)]
+            assert reads, "the statements were not seen"
+            assert not [s for s in reads if re.search(r"\bFROM trials\b", s)], run
+            listings = [s for s in reads if "WHERE" not in s]
+            assert not listings, f"{run} listed every study: {listings[0]}"
+    finally:
+        optuna.delete_study(study_name=f"{study_name}-neighbour", storage=storage)
+
+
+def test_a_neighbouring_study_deleted_meanwhile_does_not_stop_a_resume(
+    storage_url: str, study_name: str, make_spec: MakeSpec
+) -> None:
+    """Other users create and delete studies in a shared database while a run resumes its own:
+    a resume that read every study failed on one deleted under it (KeyError)."""
+    storage = open_storage(storage_url)
+    studies.create_or_resume(make_spec(name=study_name), storage)
+    churn = open_storage(storage_url, reconnect_seconds=5)
+    stop = threading.Event()
+
+    def create_and_delete() -> None:
+        for index in range(200):
+            if stop.is_set():
+                return
+            name = f"{study_name}-churn-{index}"
+            optuna.create_study(study_name=name, storage=churn).set_user_attr("spec", {})
+            optuna.delete_study(study_name=name, storage=churn)
+
+    other = threading.Thread(target=create_and_delete)
+    other.start()
+    try:
+        for _ in range(20):
+            assert studies.create_or_resume(make_spec(name=study_name), storage).study_name
+    finally:
+        stop.set()
+        other.join()

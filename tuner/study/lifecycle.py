@@ -62,12 +62,11 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
     Raises:
         SpecError: the study exists with another search space or direction.
     """
-    existing = {summary.study_name: summary for summary in optuna.get_all_study_summaries(storage)}
+    recorded = recorded_spec(spec.name, storage)
     spec_data = spec.to_dict()
     if spec_data["execution"]["storage"]:  # recorded for all to read: the dashboard shows it
         spec_data["execution"]["storage"] = mask_url(spec_data["execution"]["storage"])
-    if spec.name in existing:
-        recorded = existing[spec.name].user_attrs.get("spec", {})
+    if recorded is not None:
         changed = [
             key
             for key in SEARCH_DEFINING
@@ -96,11 +95,22 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
     )
     study.set_user_attr("spec", spec_data)
     study.set_user_attr("metric", spec.metric)
-    if spec.name not in existing:
+    if recorded is None:
         from tuner.study.note import write_study_note
 
         write_study_note(study, spec)  # the study's description, written once, when created
     return study
+
+
+def recorded_spec(name: str, storage: optuna.storages.BaseStorage) -> dict[str, Any] | None:
+    """The spec a study of this name was created with ({} if it has none), or None if there is
+    no such study. Looked up by name alone: reading every study's summary instead grew with the
+    shared database, and failed when another study was deleted meanwhile."""
+    try:
+        study_id = storage.get_study_id_from_name(name)
+        return storage.get_study_user_attrs(study_id).get("spec", {})
+    except KeyError:  # no such study, or it was deleted between the two reads
+        return None
 
 
 #: Keys of recorded spec parts that do not define the search space: where the study file

@@ -104,17 +104,17 @@ def check_sources(spec: StudySpec, storage: optuna.storages.BaseStorage, url: st
     """
     if not spec.search.warm_start:
         return []
-    summaries = {summary.study_name: summary for summary in optuna.get_all_study_summaries(storage)}
     sources = []
     for name in spec.search.warm_start:
-        if name not in summaries:
-            there = ", ".join(sorted(summaries)) or "none"
+        try:  # by name: what else the shared database holds is not read
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            there = ", ".join(sorted(optuna.get_all_study_names(storage))) or "none"
             raise StudyNotFoundError(
                 f"[search] warm_start: no study named {name!r} in {mask_url(url)}; studies "
                 f"there: {there}"
-            )
-        summary = summaries[name]
-        recorded = summary.user_attrs.get("spec")
+            ) from None
+        recorded = study.user_attrs.get("spec")
         if recorded is None:
             raise SpecError(
                 f"[search] warm_start: study {name!r} was not created by `tuner run`: it records "
@@ -122,8 +122,8 @@ def check_sources(spec: StudySpec, storage: optuna.storages.BaseStorage, url: st
             )
         theirs = (
             _workload_text(recorded["workload"]),
-            summary.user_attrs.get("metric"),
-            summary.direction.name.lower(),
+            study.user_attrs.get("metric"),
+            study.direction.name.lower(),
         )
         ours = (_workload_text(spec.to_dict()["workload"]), spec.metric, spec.direction)
         if theirs != ours:
@@ -132,7 +132,6 @@ def check_sources(spec: StudySpec, storage: optuna.storages.BaseStorage, url: st
                 f"({theirs[2]}), but {spec.name!r} trains {ours[0]} for {ours[1]} ({ours[2]}); "
                 "warm-start only from studies of the same workload and metric"
             )
-        study = optuna.load_study(study_name=name, storage=storage)
         sources.append(Source(study, int(recorded["budget"]["epochs"])))
     return sources
 
