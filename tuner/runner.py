@@ -143,7 +143,7 @@ def run(
     sources = warm_start_sources(spec, url)
     from tuner.execution.ray import run_on_ray, start_ray
 
-    start_ray(spec.execution)  # an unreachable cluster or too few GPUs: before any write
+    start_ray(spec.execution, say)  # an unreachable cluster or too few GPUs: before any write
     study, transfers = create_study(spec, url, sources)
     if on_start:
         on_start(study, url)

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -159,3 +160,55 @@ def test_ray_failing_under_a_run_ends_it_in_one_line_and_leaves_no_trial_running
     trials = optuna.load_study(study_name="quickstart", storage=open_storage(url)).trials
     assert not [trial for trial in trials if trial.state == TrialState.RUNNING]
     assert any(INTERRUPTED_KEY in trial.system_attrs for trial in trials)
+
+
+def _tuner_run(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess:
+    """`tuner run` of three quickstart trials on a SQLite file in tmp_path, in the environment
+    given on top of this one's."""
+    command = ["run", str(QUICKSTART), "--trials", "3"]
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tuner.cli",
+            *command,
+            "--storage",
+            f"sqlite:///{tmp_path}/studies.db",
+        ],
+        env={**os.environ, **environment},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_a_ray_address_in_the_environment_does_not_reach_a_local_run(tmp_path: Path) -> None:
+    """Ray reads RAY_ADDRESS as the cluster to join (here, nothing answers there); a local
+    run joins only a cluster it is given, and says once that it ignored the variable."""
+    run = _tuner_run(tmp_path, RAY_ADDRESS="127.0.0.1:1")
+    assert run.returncode == 0, run.stderr
+    notes = [line for line in run.stdout.splitlines() if "RAY_ADDRESS" in line]
+    assert notes == [
+        "note: RAY_ADDRESS=127.0.0.1:1 is ignored: this run starts a private Ray; to run on "
+        "that cluster, pass --ray-address"
+    ]
+    study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/studies.db")
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
+
+
+def test_a_ray_that_cannot_start_is_one_line_and_no_study(tmp_path: Path) -> None:
+    """Ray's own start-up failure is a traceback; the user reads one line that says what to
+    do, exit 1, after a second try. (Ray's temporary folder is a file here: Ray cannot start.)"""
+    not_a_folder = tmp_path / "ray-tmp"
+    not_a_folder.write_text("")
+    run = _tuner_run(tmp_path, RAY_TMPDIR=str(not_a_folder))
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert lines == [
+        f"tuner: error: Ray did not start on this machine in 2 tries (NotADirectoryError: "
+        f"[Errno 20] Not a directory: '{not_a_folder / 'ray'}'): if the machine is busy, run "
+        "again when it is quieter; check that Ray's temporary folder (RAY_TMPDIR, else /tmp) "
+        "is writable and has space"
+    ], lines
+    database = tmp_path / "studies.db"
+    assert not database.exists() or optuna.get_all_study_names(f"sqlite:///{database}") == []

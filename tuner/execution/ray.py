@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
@@ -47,6 +47,10 @@ LOCAL_SYSTEM_CONFIG = {
 }
 #: Ray's switch for a node that is no cluster (ray._private.services.get_node_ip_address).
 _NO_CLUSTER_VARIABLE = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+#: The environment variable Ray reads a cluster address from.
+_ADDRESS_VARIABLE = ray_constants.RAY_ADDRESS_ENVIRONMENT_VARIABLE
+#: Tries to start a local Ray: a second one outlasts a busy moment of a loaded machine.
+START_ATTEMPTS = 2
 
 
 def _worker_task(
@@ -138,9 +142,33 @@ class _TokenNotice(logging.Filter):
 logging.getLogger(ray_auth_setup.__name__).addFilter(_TokenNotice())
 
 
+@contextlib.contextmanager
+def _environment(**values: str | None) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables inside the block, as they were after."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def start_local_ray(cpus: int) -> None:
     """Start a private Ray instance on this machine, reachable from it only, with
-    LOCAL_SYSTEM_CONFIG.
+    LOCAL_SYSTEM_CONFIG; retried once, and one line (ExecutionError) if it still fails.
+
+    Private means ``address="local"``: without it ``ray.init()`` attaches to whatever
+    ``RAY_ADDRESS`` names, or to the cluster that any ``ray start`` on this machine recorded
+    in Ray's temporary folder (a record that outlives the cluster), and then refuses the CPU
+    count a local run gives it. ``RAY_ADDRESS`` is also kept from the processes Ray starts.
 
     Ray binds its servers (GCS, raylet, object manager, every worker and the driver, the
     metrics agent) to the node's address, which on Linux is the machine's network address:
@@ -152,34 +180,57 @@ def start_local_ray(cpus: int) -> None:
 
     Token authentication stays on, Ray's default for a local instance, without Ray's notice
     of that default on every run (see _TokenNotice).
+
+    Raises:
+        ExecutionError: Ray failed to start twice (on a loaded machine its raylet can miss
+            Ray's fixed 30 s start-up wait).
     """
-    saved = os.environ.get(_NO_CLUSTER_VARIABLE), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_NO_CLUSTER_VARIABLE] = "0"
+    saved = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(
-            num_cpus=cpus,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            _system_config=LOCAL_SYSTEM_CONFIG,
-        )
+        with _environment(**{_NO_CLUSTER_VARIABLE: "0", _ADDRESS_VARIABLE: None}):
+            for attempt in range(START_ATTEMPTS):
+                try:
+                    ray.init(
+                        address="local",
+                        num_cpus=cpus,
+                        include_dashboard=False,
+                        logging_level=logging.WARNING,
+                        log_to_driver=False,
+                        _system_config=LOCAL_SYSTEM_CONFIG,
+                    )
+                    return
+                except Exception as error:  # Ray raises bare Exceptions for a failed start
+                    ray.shutdown()  # what did start of this attempt
+                    if attempt + 1 == START_ATTEMPTS:
+                        raise ExecutionError(
+                            f"Ray did not start on this machine in {START_ATTEMPTS} tries "
+                            f"({_first_line(error)}): if the machine is busy, run again when "
+                            "it is quieter; check that Ray's temporary folder (RAY_TMPDIR, "
+                            "else /tmp) is writable and has space"
+                        ) from None
     finally:
-        if saved[0] is None:
-            del os.environ[_NO_CLUSTER_VARIABLE]
-        else:
-            os.environ[_NO_CLUSTER_VARIABLE] = saved[0]
-        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
-def start_ray(execution: ExecutionSpec) -> None:
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def start_ray(execution: ExecutionSpec, say: Callable[[str], None] = print) -> None:
     """Attach to the cluster at ``ray_address``, or start a local Ray (start_local_ray), and
     check that it can run the workers; before anything is written, so a mistake leaves no
     study behind. On a cluster the workers' niceness is what ``ray start`` was given
     (``RAY_worker_niceness=0 ray start …``).
 
+    A ``RAY_ADDRESS`` in the environment is Ray's way to name a cluster, but a run joins only
+    the cluster it is given (``--ray-address``, ``[execution] ray_address``): without one it
+    is ignored, and `say` tells the user so once.
+
     Raises:
         ClusterUnreachableError: the cluster address does not answer.
+        ExecutionError: a local Ray did not start.
         SpecError: no node can hold a worker's CPUs or GPUs.
     """
     if not ray.is_initialized():
@@ -189,6 +240,11 @@ def start_ray(execution: ExecutionSpec) -> None:
                 address=execution.ray_address, logging_level=logging.WARNING, log_to_driver=False
             )
         else:
+            if os.environ.get(_ADDRESS_VARIABLE):
+                say(
+                    f"note: {_ADDRESS_VARIABLE}={os.environ[_ADDRESS_VARIABLE]} is ignored: this "
+                    "run starts a private Ray; to run on that cluster, pass --ray-address"
+                )
             start_local_ray(
                 max(usable_cpus(), round(execution.workers * cpus_per_worker(execution)))
             )
