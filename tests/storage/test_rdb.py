@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
+import psycopg
 import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
+from tests.conftest import PrivatePostgres
 from tuner.errors import StorageError
 from tuner.spec import StudySpec
 from tuner.storage import optuna_internals as internals
@@ -313,3 +316,35 @@ def test_every_call_that_reaches_the_database_is_retried() -> None:
     ours = {"set_trial_user_attrs", "record_heartbeat", "fail_trial", "silences", "claim_trial"}
     hooks = set(internals.RDBStorageHooks.PRIVATE_CALLS.values())
     assert public | ours | hooks <= set(vars(RetryingRDBStorage))
+
+
+@pytest.mark.postgres
+def test_a_worker_waits_out_a_refused_first_connection(
+    private_postgres: PrivatePostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker's first connection refused for too many clients is retried like any later
+    call, where a command opening a URL the user typed says at once that it cannot reach it.
+    The refusal is PostgreSQL's own: a role allowed two connections, both held."""
+    admin = private_postgres.url.replace("+psycopg", "")
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute("CREATE ROLE worker LOGIN CONNECTION LIMIT 2")
+        connection.execute("CREATE DATABASE studies OWNER worker")
+    url = private_postgres.url.replace("postgres@", "worker@").replace("/postgres", "/studies")
+    held = [psycopg.connect(url.replace("+psycopg", "")) for _ in range(2)]
+    with pytest.raises(StorageError, match=r"cannot reach storage .*too many connections"):
+        open_storage(url)
+    opened: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: opened.append(open_storage(url, wait_for_database=True))
+    )
+    worker.start()
+    deadline = time.monotonic() + 120
+    while "unreachable on opening" not in caplog.text:
+        assert time.monotonic() < deadline and worker.is_alive(), "the refusal was not seen"
+        time.sleep(0.1)
+    for connection in held:
+        connection.close()
+    worker.join(timeout=300)
+    assert opened, "the worker's storage did not open once a connection was free"
+    optuna.create_study(study_name="after-the-refusal", storage=opened[0])
+    assert optuna.get_all_study_names(opened[0]) == ["after-the-refusal"]

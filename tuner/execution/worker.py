@@ -443,6 +443,7 @@ def run_worker(
         storage_url,
         heartbeat=(execution.heartbeat_seconds, execution.grace_seconds),
         reconnect_seconds=execution.reconnect_seconds,
+        wait_for_database=True,
     )
     study = studies.load(spec, storage, stream)
     device = pick_device()

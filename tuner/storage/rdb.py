@@ -868,6 +868,7 @@ def open_storage(
     *,
     heartbeat: tuple[int, int] | None = None,
     reconnect_seconds: float = RECONNECT_SECONDS,
+    wait_for_database: bool = False,
 ) -> RetryingRDBStorage:
     """Open (creating if needed) the study database at `url`; one storage per URL a process.
 
@@ -882,6 +883,11 @@ def open_storage(
             recorded every interval, and a trial silent for longer than grace becomes FAIL and
             is retried once with the same parameters.
         reconnect_seconds: how long calls retry while the database is unreachable.
+        wait_for_database: retry the first connection too, for up to `reconnect_seconds`, as
+            every later call is. For workers, which open a database the driver has already
+            reached: a refusal there ("too many clients", a restart) is an outage that passes.
+            A command opening a URL the user just typed fails at once instead, so a mistake in
+            it is one line, not a two-minute wait.
 
     Raises:
         StorageError: the URL is malformed or the database cannot be reached.
@@ -913,19 +919,34 @@ def open_storage(
                 max_retry=1
             ),
         }
-    try:
-        storage = RetryingRDBStorage(
-            url,
-            reconnect_seconds=reconnect_seconds,
-            engine_kwargs=engine_kwargs,
-            **heartbeat_kwargs,
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise StorageError(
-            f"cannot reach storage {masked}: {reason}. Check that the database server is "
-            "running and the URL is right, or pass another with --storage / TUNER_STORAGE."
-        ) from None
+    deadline = time.monotonic() + (reconnect_seconds if wait_for_database else 0.0)
+    delay = RECONNECT_FIRST_DELAY
+    while True:
+        try:
+            storage = RetryingRDBStorage(
+                url,
+                reconnect_seconds=reconnect_seconds,
+                engine_kwargs=engine_kwargs,
+                **heartbeat_kwargs,
+            )
+            break
+        except (*_DATABASE_ERRORS, ImportError, ValueError) as error:
+            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            if _is_transient(error) and time.monotonic() + delay <= deadline:
+                if delay == RECONNECT_FIRST_DELAY:  # said once, as RetryingRDBStorage does
+                    logger.warning(
+                        "storage %s unreachable on opening (%s); retrying for up to %.0f s",
+                        masked,
+                        reason,
+                        reconnect_seconds,
+                    )
+                time.sleep(delay)
+                delay = min(2 * delay, RECONNECT_MAX_DELAY)
+                continue
+            raise StorageError(
+                f"cannot reach storage {masked}: {reason}. Check that the database server is "
+                "running and the URL is right, or pass another with --storage / TUNER_STORAGE."
+            ) from None
     if parsed.get_backend_name() == "sqlite":
         _serialize_sqlite_writers(storage.engine)
     return storage
