@@ -164,7 +164,7 @@ def curve_record(folder: Path, calls: int = 6) -> dict[str, float]:
     for _ in range(calls):
         trial = study.ask()
         started = time.perf_counter()
-        recorder.record(trial, TrialState.COMPLETE, curve, 5.0)
+        recorder.record(trial, TrialState.COMPLETE, curve, 5.0, f"trial {trial.number}")
         recording.append(time.perf_counter() - started)
         study.tell(trial, 0.0)
     recorder.finish()

@@ -17,6 +17,7 @@ from tuner.spec import StudySpec
 from tuner.storage.rdb import open_storage
 from tuner.study import lifecycle as studies
 from tuner.study.best import best_config
+from tuner.study.results import trial_config
 
 
 def landscape_spec(name: str, **sections: Any) -> StudySpec:
@@ -207,9 +208,13 @@ class _KeptRecorder:
 
     def __init__(self) -> None:
         self.records: list[tuple[int, TrialState, int]] = []
+        self.titles: dict[int, str] = {}
 
-    def record(self, trial: optuna.Trial, state: TrialState, curve: list, seconds: float) -> None:
+    def record(
+        self, trial: optuna.Trial, state: TrialState, curve: list, seconds: float, title: str
+    ) -> None:
         self.records.append((trial.number, state, len(curve)))
+        self.titles[trial.number] = title
 
     def finish(self) -> None:
         self.records.append((-1, TrialState.COMPLETE, 0))  # the worker's last call
@@ -230,3 +235,27 @@ def test_the_worker_records_each_finished_trial_through_the_recorder_it_is_hande
     # The recorder it was handed replaced the default: no learning curve was uploaded.
     assert not any(key.startswith("artifacts:") for t in trials for key in t.system_attrs)
     assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.parametrize(
+    ("optimizers", "stored_as"),
+    [({}, "learning_rate_in_range"), ({"sgd": {"learning_rate": [1e-4, 1e-2]}}, "learning_rate")],
+    ids=["per-optimizer-ranges", "one-shared-range"],
+)
+def test_a_learning_curve_is_titled_with_the_rate_the_trial_trained_with(
+    sqlite_url: str, optimizers: dict[str, Any], stored_as: str
+) -> None:
+    """Per-optimizer ranges store the learning rate as a position in its range: the title
+    shows the rate itself either way (it read "lr nan" from the parameter's name)."""
+    spec = landscape_spec("titled", optimizers=optimizers, budget={"trials": 4, "epochs": 1})
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    recorder = _KeptRecorder()
+    run_worker(spec, sqlite_url, recorder=recorder)
+    trials = optuna.load_study(study_name="titled", storage=sqlite_url).trials
+    assert all(stored_as in trial.params for trial in trials)
+    for trial in trials:
+        config = trial_config(trial)
+        assert config is not None
+        assert recorder.titles[trial.number] == (
+            f"trial {trial.number}: {config.optimizer}, lr {config.learning_rate:.3g}"
+        )

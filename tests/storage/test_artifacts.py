@@ -30,7 +30,7 @@ def test_the_plot_is_drawn_by_a_background_thread_under_the_id_the_trial_names(
     curve = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e} for e in (1, 2, 3)]
     for _ in range(3):
         trial = study.ask()
-        recorder.record(trial, TrialState.COMPLETE, curve, seconds=5.0)
+        recorder.record(trial, TrialState.COMPLETE, curve, seconds=5.0, title="trial")
         study.tell(trial, 0.0)  # told while its plot may still be drawing
     recorder.finish()
 

@@ -335,6 +335,15 @@ class _Running:
         self.finished += 1
 
 
+def _title(slot: _Slot) -> str:
+    """A trial's name in its learning curve's title: its optimizer and learning rate as it
+    trained with them (the stored parameters may be positions in a range, not the rate)."""
+    title = f"trial {slot.trial.number}"
+    if slot.config is not None:
+        title += f": {slot.config.optimizer}, lr {slot.config.learning_rate:.3g}"
+    return title
+
+
 def _finish(
     study: optuna.Study,
     slot: _Slot,
@@ -372,7 +381,7 @@ def _finish(
     if state is not TrialState.FAIL:  # GP wants the constraint on every trial it reads
         trial.set_constraint("diverged", 1.0 if DIVERGED_ATTR in attributes else 0.0)
     # Before tell: a finished trial takes no more attributes.
-    recorder.record(trial, state, record.curve, attributes["wall_seconds"])
+    recorder.record(trial, state, record.curve, attributes["wall_seconds"], _title(slot))
     try:
         rdb_backend(trial.storage).set_trial_user_attrs(internals.trial_id(trial), attributes)
         # A pruned trial keeps its last reported value, as in study.optimize().

@@ -82,9 +82,12 @@ class TrialRecorder(Protocol):
     """What a worker needs to record a finished trial beyond its database row (the one thing
     it is handed, so training never depends on how the record is kept or shown)."""
 
-    def record(self, trial: optuna.Trial, state: TrialState, curve: Curve, seconds: float) -> None:
-        """Record a trial that ended in `state` after training `seconds`; called before the
-        study is told (a finished trial takes no more attributes)."""
+    def record(
+        self, trial: optuna.Trial, state: TrialState, curve: Curve, seconds: float, title: str
+    ) -> None:
+        """Record a trial that ended in `state` after training `seconds`, under `title` (what
+        the worker knows of it in natural units: its optimizer and learning rate); called
+        before the study is told (a finished trial takes no more attributes)."""
 
     def finish(self) -> None:
         """Wait for records still being written; the worker calls it before it returns."""
@@ -109,7 +112,9 @@ class LearningCurveRecorder:
         self._drawings: queue.Queue[tuple[FileSystemArtifactStore, str, Curve, str]] = queue.Queue()
         self._drawer: threading.Thread | None = None
 
-    def record(self, trial: optuna.Trial, state: TrialState, curve: Curve, seconds: float) -> None:
+    def record(
+        self, trial: optuna.Trial, state: TrialState, curve: Curve, seconds: float, title: str
+    ) -> None:
         if state is not TrialState.COMPLETE or not curve:
             return
         try:
@@ -121,7 +126,7 @@ class LearningCurveRecorder:
                 if seconds >= CURVE_PLOT_MIN_SECONDS:
                     path = stem.with_suffix(".png")
                     path.touch()  # upload_artifact reads it; _LaterDrawing draws the real one
-                    store = _LaterDrawing(store, self._draw_later, curve, _title(trial))
+                    store = _LaterDrawing(store, self._draw_later, curve, title)
                 else:
                     path = stem.with_suffix(".csv")
                     with open(path, "w", newline="") as table:
@@ -174,15 +179,6 @@ class _LaterDrawing:
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         self.draw_later(self.store, artifact_id, self.curve, self.title)
-
-
-def _title(trial: optuna.Trial) -> str:
-    """The plot's title: the trial, its optimizer and learning rate."""
-    title = f"trial {trial.number}"
-    optimizer = trial.params.get("optimizer")
-    if optimizer:
-        title += f": {optimizer}, lr {trial.params.get('learning_rate', float('nan')):.3g}"
-    return title
 
 
 def _warn(trial: int | str, error: Exception) -> None:
