@@ -495,3 +495,29 @@ def test_timeout_counts_from_the_first_trial_and_a_run_with_no_result_exits_1(
     failing = _tuner(*_set("name='fails'", *broken), "--trials", "2", cwd=ROOT)
     assert failing.returncode == 1, failing.stderr
     assert "No trial completed" in failing.stdout and "broken on purpose" in failing.stdout
+
+
+@pytest.mark.ray
+def test_a_finished_study_run_again_says_so_without_starting_ray(tmp_path: Path) -> None:
+    """Re-running a study whose budget is spent has nothing to train: it says so and prints
+    the summary once, without Ray (which costs the most of a run's start)."""
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    first = _tuner("run", str(QUICKSTART), "--trials", "3", "--storage", storage, cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    probe = (
+        "import sys\n"
+        "from tuner.cli import main\n"
+        f"code = main(['run', {str(QUICKSTART)!r}, '--trials', '3', '--storage', {storage!r}])\n"
+        "print(code, 'ray' in sys.modules)\n"
+    )
+    again = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    lines = again.stdout.splitlines()
+    assert lines[-1] == "0 False", again.stderr
+    assert lines[0] == (
+        "quickstart is finished: 3 of 3 trials; give it a larger budget (--trials N) to run more"
+    )
+    assert sum(line.startswith("quickstart: 3 trials: ") for line in lines) == 1
+    trials = optuna.load_study(study_name="quickstart", storage=storage).trials
+    assert len(trials) == 3  # nothing was claimed

@@ -138,6 +138,15 @@ def run(
             "SQLite serves one machine, and workers on other nodes cannot share it: give a "
             "PostgreSQL storage (--storage postgresql+psycopg://user@host/db) for a cluster"
         )
+    finished = studies.finished_study(
+        spec, open_storage(url, reconnect_seconds=spec.execution.reconnect_seconds)
+    )
+    if finished is not None:  # nothing to start Ray, check data or claim trials for
+        say(
+            f"{spec.name} is finished: {spec.budget.trials} of {spec.budget.trials} trials; "
+            "give it a larger budget (--trials N) to run more"
+        )
+        return finished
     if not spec.execution.ray_address:  # on a cluster the data lives on the workers' nodes
         preflight(spec.workload)
     sources = warm_start_sources(spec, url)

@@ -25,6 +25,7 @@ from tuner.spec import ExecutionSpec, StudySpec
 from tuner.storage import optuna_internals as internals
 from tuner.storage.rdb import INTERRUPTED_KEY, open_storage, rdb_backend
 from tuner.storage.urls import mask_url
+from tuner.study.results import outside_budget
 
 # Heartbeat callbacks, fail_stale_trials and grouped multivariate TPE are marked experimental
 # in Optuna 5; we rely on them on purpose, so their warnings would only be noise to users.
@@ -63,28 +64,11 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
         SpecError: the study exists with another search space or direction.
     """
     recorded = recorded_spec(spec.name, storage)
+    if recorded is not None:
+        check_resumable(spec, recorded)
     spec_data = spec.to_dict()
     if spec_data["execution"]["storage"]:  # recorded for all to read: the dashboard shows it
         spec_data["execution"]["storage"] = mask_url(spec_data["execution"]["storage"])
-    if recorded is not None:
-        changed = [
-            key
-            for key in SEARCH_DEFINING
-            if _searched(recorded.get(key)) != _searched(spec_data[key])
-        ]
-        if changed:
-            raise SpecError(
-                f"study {spec.name!r} already exists with a different {', '.join(changed)}; "
-                "resume it with the same study file, or give the new one another name"
-            )
-        warm_start = recorded.get("search", {}).get("warm_start", [])
-        if warm_start != spec.search.warm_start:
-            raise SpecError(
-                f"study {spec.name!r} already exists, warm-started from "
-                f"{', '.join(warm_start) or 'no study'}; a warm start seeds a new study: give "
-                "it another name to warm-start it from "
-                f"{', '.join(spec.search.warm_start) or 'no study'}"
-            )
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
@@ -100,6 +84,50 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage) -> o
 
         write_study_note(study, spec)  # the study's description, written once, when created
     return study
+
+
+def check_resumable(spec: StudySpec, recorded: dict[str, Any]) -> None:
+    """Refuse to resume a study recorded with another search space or warm start.
+
+    Raises:
+        SpecError: what differs, and what to do.
+    """
+    spec_data = spec.to_dict()
+    changed = [
+        key for key in SEARCH_DEFINING if _searched(recorded.get(key)) != _searched(spec_data[key])
+    ]
+    if changed:
+        raise SpecError(
+            f"study {spec.name!r} already exists with a different {', '.join(changed)}; "
+            "resume it with the same study file, or give the new one another name"
+        )
+    warm_start = recorded.get("search", {}).get("warm_start", [])
+    if warm_start != spec.search.warm_start:
+        raise SpecError(
+            f"study {spec.name!r} already exists, warm-started from "
+            f"{', '.join(warm_start) or 'no study'}; a warm start seeds a new study: give "
+            "it another name to warm-start it from "
+            f"{', '.join(spec.search.warm_start) or 'no study'}"
+        )
+
+
+def finished_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study | None:
+    """The study, if it exists and its trial budget is spent with nothing left to run or
+    confirm; None if a run has work to do (or the budget is a timeout, which only running
+    can tell).
+
+    Raises:
+        SpecError: the study exists with another search space or warm start.
+    """
+    recorded = recorded_spec(spec.name, storage)
+    if recorded is None or spec.budget.trials is None or spec.budget.confirm is not None:
+        return None
+    check_resumable(spec, recorded)
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    if any(not trial.state.is_finished() for trial in trials):
+        return None  # a retry waiting, or a trial a lost worker left RUNNING
+    return study if len(trials) - outside_budget(trials) >= spec.budget.trials else None
 
 
 def recorded_spec(name: str, storage: optuna.storages.BaseStorage) -> dict[str, Any] | None:
