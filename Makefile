@@ -23,6 +23,8 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(BIN)/tuner run studies/quickstart.toml
 	cd /tmp && $(CURDIR)/$(BIN)/python -c "import tuner; print(tuner.best_config('quickstart'))"
+	@echo "tuner is installed in $(VENV)/bin: run 'source $(VENV)/bin/activate' to call it as tuner, or for example:"
+	@echo "  $(BIN)/tuner best quickstart; $(BIN)/tuner report quickstart --out report; $(BIN)/tuner dashboard"
 
 test: venv
 	$(BIN)/ruff check tuner tests bench

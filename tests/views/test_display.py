@@ -3,6 +3,10 @@ and fresh-seed results are written, read from real SQLite studies into a recordi
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -20,6 +24,7 @@ from tuner.views.display import (
     print_status,
     print_summary,
     storage_option,
+    tuner_command,
 )
 
 
@@ -147,3 +152,18 @@ def test_status_counts_running_trials_and_names_retries(sqlite_url: str) -> None
     assert "best loss: 0.5 (minimize)" in text
     assert "retries: 1 (trial 2 retries trial 1)" in text
     assert "Running trials" in text and "run-1-0" in text and "here" in text
+
+
+def test_the_commands_the_output_suggests_work_when_pasted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """After `make demo` the virtual environment is not activated: the hints name its script
+    (which runs), and plain `tuner` once PATH finds this installation's own."""
+    scripts = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(tmp_path)
+    command = tuner_command()
+    assert command == str(scripts / "tuner")
+    assert subprocess.run([command, "--help"], capture_output=True, timeout=60).returncode == 0
+    monkeypatch.setenv("PATH", f"{scripts}:/usr/bin:/bin")
+    assert tuner_command() == "tuner"

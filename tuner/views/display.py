@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import shutil
+import sys
 import time
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -242,13 +245,28 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
         print_diverged(console, trials, limit=5)
     # soft_wrap: a path or URL broken over two lines cannot be copied.
     option = storage_option(storage_url)
+    tuner = tuner_command()
     console.print(
         f"Study [bold]{study.study_name}[/] lives in {escape(mask_url(storage_url))}\n"
-        f"  best configuration: {escape(f'tuner best {study.study_name}{option}')}\n"
-        f"  dashboard: {escape(f'tuner dashboard{option}')}",
+        f"  best configuration: {escape(f'{tuner} best {study.study_name}{option}')}\n"
+        f"  dashboard: {escape(f'{tuner} dashboard{option}')}",
         soft_wrap=True,
     )
     return True
+
+
+def tuner_command() -> str:
+    """How to call tuner from the user's shell, for the commands the output suggests: ``tuner``
+    where PATH finds this installation's script, else the script's path (a virtual
+    environment that is not activated: ``.venv/bin/tuner``), which works when pasted."""
+    script = Path(sys.executable).parent / "tuner"
+    found = shutil.which("tuner")
+    if not script.exists() or (found and Path(found).resolve() == script.resolve()):
+        return "tuner"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:  # not under the working folder
+        return str(script)
 
 
 def _beyond_the_search(trials: list[optuna.trial.FrozenTrial]) -> str:
