@@ -110,14 +110,6 @@ def _best(args: argparse.Namespace) -> int:
             "re-train the top 3 configurations on 3 fresh seeds each.",
             markup=False,
         )
-    from tuner.study.results import count_outcomes, open_study
-    from tuner.views.display import print_diverged
-
-    trials = open_study(args.study, args.storage)[0].get_trials(deepcopy=False)
-    lost = count_outcomes(trials)["diverged"]
-    if lost:
-        console.print(f"{lost} of {len(trials)} trials diverged (never a candidate):")
-        print_diverged(console, trials, limit=3)
     return 0
 
 

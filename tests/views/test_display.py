@@ -3,6 +3,7 @@ and fresh-seed results are written, read from real SQLite studies into a recordi
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from tuner.config import TrainingConfig
 from tuner.storage.rdb import resolve_storage_url
 from tuner.study.results import CONFIRMS, COPIED_FROM
 from tuner.views.display import (
+    StudyProgress,
     describe_config,
     describe_seeds,
     format_knob,
@@ -167,3 +169,35 @@ def test_the_commands_the_output_suggests_work_when_pasted(
     assert subprocess.run([command, "--help"], capture_output=True, timeout=60).returncode == 0
     monkeypatch.setenv("PATH", f"{scripts}:/usr/bin:/bin")
     assert tuner_command() == "tuner"
+
+
+def _diverged(optimizer: str) -> optuna.trial.FrozenTrial:
+    return trial(optimizer, math.inf, diverged="diverged in epoch 2: loss inf")
+
+
+def test_a_run_shows_the_first_few_divergences_as_they_come_and_its_summary_counts_them(
+    sqlite_url: str,
+) -> None:
+    """Each thing once: the run prints the first divergences above its bar, then counts the
+    rest there; the summary only counts them (`tuner status` lists them); a resumed study's
+    old ones are not printed as news."""
+    study = study_with(sqlite_url, [trial("sgd", 0.5), _diverged("adam")])
+    shown_on = console()
+    with StudyProgress(shown_on, budget=8) as progress:
+        progress.start(study, sqlite_url)
+        study.add_trials([_diverged("lion") for _ in range(5)])
+        progress.tick()
+        progress.tick()
+    shown = shown_on.export_text()
+    assert "trial 1 (adam)" not in shown  # there before this run
+    assert [line for line in shown.splitlines() if "diverged in epoch 2" in line] == [
+        f"trial {number} (lion) diverged in epoch 2: loss inf" for number in (2, 3, 4)
+    ]
+    assert shown.count("further divergences are counted on the bar") == 1
+
+    summary = console()
+    print_summary(summary, study, sqlite_url)
+    text = summary.export_text()
+    assert "diverged in epoch" not in text
+    assert text.count("6 trials diverged (the sampler learns to avoid them): ") == 1
+    assert "status results" in text

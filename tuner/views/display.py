@@ -38,14 +38,16 @@ from tuner.study.results import (
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
+def describe_diverged(trial: optuna.trial.FrozenTrial) -> str:
+    """A diverged trial in one line: its number, optimizer, epoch and loss."""
+    return f"trial {trial.number} ({trial_optimizer(trial) or '—'}) {diverged(trial)}"
+
+
 def print_diverged(console: Console, trials: list[optuna.trial.FrozenTrial], limit: int) -> None:
     """The diverged trials with their epoch and loss, the first `limit` of them."""
     lost = [trial for trial in trials if diverged(trial)]
     for trial in lost[:limit]:
-        console.print(
-            f"  trial {trial.number} ({trial_optimizer(trial) or '—'}) {diverged(trial)}",
-            soft_wrap=True,
-        )
+        console.print(f"  {describe_diverged(trial)}", soft_wrap=True)
     if len(lost) > limit:
         console.print(f"  … and {len(lost) - limit} more diverged trials")
 
@@ -53,6 +55,10 @@ def print_diverged(console: Console, trials: list[optuna.trial.FrozenTrial], lim
 def format_value(value: float | None) -> str:
     """A metric value, short."""
     return "—" if value is None else f"{value:.5g}"
+
+
+#: Divergences a run prints as they come; the rest are counted on its bar.
+DIVERGED_SHOWN = 3
 
 
 class StudyProgress:
@@ -76,7 +82,9 @@ class StudyProgress:
         self.study: optuna.Study | None = None
         self.task = None
         self.started = time.monotonic()
-        self.announced: set[int] = set()  # diverged trials already printed above the bar
+        #: Diverged trials already seen: printed above the bar, or there before this run.
+        self.announced: set[int] = set()
+        self.shown = 0  # how many of them this run printed (DIVERGED_SHOWN at most)
 
     def __enter__(self) -> StudyProgress:
         self.progress.__enter__()
@@ -95,6 +103,8 @@ class StudyProgress:
             f"Study [bold]{study.study_name}[/] in {escape(mask_url(storage_url))}", soft_wrap=True
         )
         self.study = study
+        # A resumed study's old divergences are not news: the summary counts them.
+        self.announced = {t.number for t in study.get_trials(deepcopy=False) if diverged(t)}
         self.task = self.progress.add_task(
             study.study_name, total=None, pruned=0, diverged=0, failed=0, best="—"
         )
@@ -105,13 +115,20 @@ class StudyProgress:
         trials = self.study.get_trials(deepcopy=False)
         counts = count_states(trials)
         outcomes = count_outcomes(trials)
-        for trial in trials:  # each divergence once, with its epoch and loss, above the bar
+        for trial in trials:  # the first few divergences, with epoch and loss, above the bar
             if diverged(trial) and trial.number not in self.announced:
                 self.announced.add(trial.number)
-                self.progress.console.print(
-                    f"trial {trial.number} ({trial_optimizer(trial) or '—'}) {diverged(trial)}",
-                    soft_wrap=True,
-                )
+                self.shown += 1
+                if self.shown <= DIVERGED_SHOWN:
+                    line = describe_diverged(trial)
+                elif self.shown == DIVERGED_SHOWN + 1:
+                    line = (
+                        "… further divergences are counted on the bar; "
+                        f"{tuner_command()} status {self.study.study_name} lists them"
+                    )
+                else:
+                    continue
+                self.progress.console.print(line, soft_wrap=True)
         self.progress.update(
             self.task,
             # Slots are laid down as workers go: the total is the budget, plus any retries,
@@ -239,13 +256,16 @@ def print_summary(console: Console, study: optuna.Study, storage_url: str) -> bo
             *([describe_ranked(ranked[name]) if trial else ""] if confirmed else []),
         )
     console.print(table)
-    lost = count_outcomes(trials)["diverged"]
-    if lost:
-        console.print(f"Diverged ({lost}; the sampler learns to avoid them):")
-        print_diverged(console, trials, limit=5)
     # soft_wrap: a path or URL broken over two lines cannot be copied.
     option = storage_option(storage_url)
     tuner = tuner_command()
+    lost = count_outcomes(trials)["diverged"]
+    if lost:  # listed as they came, and by `tuner status`: here only counted
+        console.print(
+            f"{lost} {'trial' if lost == 1 else 'trials'} diverged (the sampler learns to avoid "
+            f"them): {escape(f'{tuner} status {study.study_name}{option}')} lists them",
+            soft_wrap=True,
+        )
     console.print(
         f"Study [bold]{study.study_name}[/] lives in {escape(mask_url(storage_url))}\n"
         f"  best configuration: {escape(f'{tuner} best {study.study_name}{option}')}\n"
