@@ -491,7 +491,11 @@ def test_timeout_counts_from_the_first_trial_and_a_run_with_no_result_exits_1(
     trials = optuna.load_study(study_name="quickstart", storage=storage).trials
     assert 0 < len(trials) < 1000 and all(trial.state.is_finished() for trial in trials)
 
-    broken = ("workload.name='tests.workloads:broken'", "metric='loss'", "direction='minimize'")
+    broken = (
+        "workload.name='tests.workloads.factories:broken'",
+        "metric='loss'",
+        "direction='minimize'",
+    )
     failing = _tuner(*_set("name='fails'", *broken), "--trials", "2", cwd=ROOT)
     assert failing.returncode == 1, failing.stderr
     assert "No trial completed" in failing.stdout and "broken on purpose" in failing.stdout

@@ -61,7 +61,7 @@ def test_a_worker_uses_the_cpus_it_holds_at_niceness_0(
         name="probe",
         metric="loss",
         direction="minimize",
-        workload={"name": "tests.workloads:process_probe"},
+        workload={"name": "tests.workloads.factories:process_probe"},
         search={"optimizers": ["sgd"], "weight_decay": "off"},
         budget={"trials": 1, "epochs": 1},
         execution={"workers": 1, "storage": sqlite_url},

@@ -126,7 +126,7 @@ def test_a_crashing_workload_fails_its_trial_not_the_worker(
 ) -> None:
     spec = build_spec(
         name=study_name,
-        workload={"name": "tests.workloads:broken"},
+        workload={"name": "tests.workloads.factories:broken"},
         metric="loss",
         direction="minimize",
         budget={"trials": 2, "epochs": 1},

@@ -1,4 +1,4 @@
-"""User workloads named by import path in tests (``tests.workloads:...``)."""
+"""User workloads named by import path in tests (``tests.workloads.factories:...``)."""
 
 from __future__ import annotations
 
