@@ -337,3 +337,40 @@ def test_confirmation_runs_are_left_out_of_importances(built: dict) -> None:
     assert with_reruns.left_out == 3 and alone.left_out == 0
     assert with_reruns.ped_anova == alone.ped_anova
     assert with_reruns.overall == alone.overall
+
+
+def test_every_optimizer_appears_in_the_per_optimizer_figure(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An optimizer pruned or diverged everywhere is a finding: it keeps its place in the
+    figure, marked with what became of its trials; losses 16 decades apart are on a log scale."""
+    from tests.study.test_results import study_with, trial
+    from tuner.views.report import figures
+    from tuner.views.report.snapshot import StudySnapshot
+
+    trials = [
+        trial("sgd", 0.5),
+        trial("adam", 2.5e-16),
+        trial("lion", None, TrialState.PRUNED),
+        trial("lion", None, TrialState.PRUNED),
+        trial("lion", math.inf, diverged="diverged in epoch 1: loss nan"),
+    ]
+    study = study_with(sqlite_url, trials)
+    study.set_user_attr("spec", {"search": {"optimizers": ["sgd", "adam", "lion"]}})
+    snapshot = StudySnapshot.read(study, sqlite_url)
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda figure, path: drawn.append(figure) or path)
+    figures.best_by_optimizer(snapshot, figures.colours(snapshot), tmp_path / "best.png")
+    (axes,) = drawn[0].axes
+    labels = [label.get_text() for label in axes.get_xticklabels()]
+    assert labels == ["adam\ntrial 1", "sgd\ntrial 0", "lion\nno result"]
+    assert [text.get_text() for text in axes.texts][-1] == "2 pruned\n1 diverged"
+    assert axes.get_yscale() == "log"
+
+
+def test_the_top_trials_name_the_learning_rate_once(built: dict) -> None:
+    text = built["pages"]["report-rosenbrock"].read_text(encoding="utf-8")
+    table = text.split('<table class="top-trials">', 1)[1].split("</table>", 1)[0]
+    header = table.split("</tr>", 1)[0]
+    assert "learning rate" not in header and "configuration" in header
+    assert "lr=" in table

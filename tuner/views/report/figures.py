@@ -14,7 +14,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.search.space import knob_name, sampled_scales
 from tuner.study.importance import ParameterImportances, spans_decades
-from tuner.study.results import count_sentence, diverged, trial_config, trial_optimizer
+from tuner.study.results import (
+    FINISHED_OUTCOMES,
+    count_outcomes,
+    count_sentence,
+    diverged,
+    trial_config,
+    trial_optimizer,
+)
 from tuner.views.display import format_value
 from tuner.views.report.snapshot import StudySnapshot
 
@@ -64,24 +71,45 @@ def optimizer_label(name: str, trials: list[FrozenTrial]) -> str:
 
 
 def best_by_optimizer(snapshot: StudySnapshot, colours: dict[str, Any], path: Path) -> Path:
-    """Bars: the best value of each optimizer type, with its trial number."""
+    """Bars: the best value of each optimizer type, with its trial number; then every type
+    the study tried without a result, marked with what became of its trials (pruned or
+    diverged everywhere is a finding too)."""
+    from matplotlib.transforms import blended_transform_factory
+
     metric = snapshot.metric
     best = snapshot.best_by_optimizer
-    figure, (axes,) = new_figure(max(6.0, 1.3 * len(best) + 2.5), 4.5)
-    names = list(best)
-    values = [best[name].value for name in names]
+    without = [name for name in snapshot.optimizers if name not in best]
+    names = [*best, *without]
+    figure, (axes,) = new_figure(max(6.0, 1.3 * len(names) + 2.5), 4.5)
+    values = [best[name].value for name in best]
     bars = axes.bar(
-        range(len(names)), values, color=[colours.get(name, "grey") for name in names], width=0.6
+        range(len(best)), values, color=[colours.get(name, "grey") for name in best], width=0.6
     )
     axes.bar_label(bars, labels=[format_value(value) for value in values], padding=3)
-    axes.set_xticks(
-        range(len(names)), [f"{name}\ntrial {best[name].number}" for name in names], fontsize=9
-    )
+    labels = [f"{name}\ntrial {best[name].number}" for name in best]
+    bottom = blended_transform_factory(axes.transData, axes.transAxes)
+    for index, name in enumerate(without, start=len(best)):
+        counts = count_outcomes(t for t in snapshot.trials if trial_optimizer(t) == name)
+        fate = "\n".join(f"{counts[o]} {o}" for o in FINISHED_OUTCOMES[1:] if counts[o])
+        axes.text(
+            index,
+            0.03,
+            fate or "no trial",
+            transform=bottom,
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="0.35",
+        )
+        labels.append(f"{name}\nno result")
+    axes.set_xticks(range(len(names)), labels, fontsize=9)
+    axes.set_xlim(-0.6, len(names) - 0.4)
     if spans_decades(values):
-        axes.set_yscale("log")
+        axes.set_yscale("log")  # a loss may span many decades between optimizers
+    else:
+        axes.axhline(0.0, color="black", linewidth=0.6)
     axes.margins(y=0.15)
-    axes.axhline(0.0, color="black", linewidth=0.6)
-    axes.set_ylabel(metric)
+    axes.set_ylabel(f"{metric} (log scale)" if axes.get_yscale() == "log" else metric)
     axes.set_title(f"{snapshot.name}: best {metric} per optimizer ({snapshot.direction_name})")
     axes.grid(axis="y", alpha=0.3)
     return save(figure, path)

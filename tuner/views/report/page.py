@@ -208,15 +208,14 @@ def _top_trials(snapshot: StudySnapshot) -> list[str]:
                 trial.number,
                 format_value(trial.value),
                 trial_optimizer(trial) or "—",
-                f"{config.learning_rate:.4g}" if config else "—",
-                describe_config(config),  # lr again: the line `tuner run` prints
+                describe_config(config),  # the line `tuner run` prints, the rate first
                 trial.user_attrs.get("epochs_run", "—"),
             ]
         )
     parts.append(f"<h2>Top {len(top)} trials</h2>")
     parts.append(
         _table(
-            ["rank", "trial", metric, "optimizer", "learning rate", "configuration", "epochs_run"],
+            ["rank", "trial", metric, "optimizer", "configuration", "epochs_run"],
             top,
             "top-trials",
         )
