@@ -3,6 +3,9 @@ Ray check what is left running, and what listens where."""
 
 from __future__ import annotations
 
+import subprocess
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -37,3 +40,22 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def wait_while_progressing(
+    processes: Iterable[subprocess.Popen],
+    progress: Callable[[], object],
+    stalled_after: float = 300.0,
+) -> None:
+    """Wait for every process to exit, for as long as `progress()` (finished trials, say)
+    keeps changing: a loaded machine only makes the wait longer, while work that stops moving
+    for `stalled_after` seconds fails the test instead of hanging it."""
+    waiting = list(processes)
+    last, moved = progress(), time.monotonic()
+    while any(process.poll() is None for process in waiting):
+        now = progress()
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved > stalled_after:
+            raise AssertionError(f"no progress for {stalled_after:.0f} s (stuck at {now!r})")
+        time.sleep(0.5)

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from tuner.errors import TunerError
 
@@ -119,11 +120,14 @@ def _worker(args: argparse.Namespace) -> int:
     from tuner.runner import with_overrides
     from tuner.spec import parse_spec
     from tuner.study.results import open_study
+    from tuner.workloads.user import code_to_run
 
     study, url = open_study(args.study, args.storage)
     recorded = study.user_attrs.get("spec")
-    if recorded is None:
+    if not isinstance(recorded, dict):
         raise SpecError(f"study {args.study!r} was not created by `tuner run`: it records no spec")
+    # Said before it is imported: the code comes from whoever wrote the study into the database.
+    print(f"tuner worker: study {args.study} runs {code_to_run(recorded)}", flush=True)
     spec = parse_spec(recorded, f"study {args.study!r}")
     spec = with_overrides(spec, trials_per_worker=args.batch)
     # A worker added by hand samples its own stream: the pid tells it from the others.
@@ -135,16 +139,19 @@ def _worker(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from tuner.spec import parse_spec
+    from tuner.spec import recorded_execution
+    from tuner.storage.rdb import writable
     from tuner.study.lifecycle import resolve_abandoned
     from tuner.study.results import open_study
     from tuner.views.display import print_status
 
     study, url = open_study(args.study, args.storage)
     recorded = study.user_attrs.get("spec")
-    if recorded is not None:  # a study `tuner run` made: its workers' heartbeat settings
-        spec = parse_spec(recorded, f"study {args.study!r}")
-        resolve_abandoned(args.study, url, spec.execution)
+    # A study `tuner run` made: its workers' heartbeat settings. A file this user cannot write
+    # is shown as it stands: its trials are the workers' (and their owner's) to settle.
+    if isinstance(recorded, dict) and writable(url):
+        execution = recorded_execution(recorded, f"study {args.study!r}")
+        resolve_abandoned(args.study, url, execution)
     print_status(Console(), study)
     return 0
 
@@ -218,9 +225,18 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage mistake told in one line, as every other mistake is: what is
+    wrong and where the help is, not the whole usage block (subcommands' parsers are these
+    too: argparse makes them of the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (a function, so the README's reference can be checked against it)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tuner", description="Hyperparameter search for deep-learning optimizers."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")

@@ -14,10 +14,16 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import TrialState
 
-from tuner.errors import ExecutionError, StorageError, StorageUnreachableError
+from tuner.errors import (
+    ExecutionError,
+    StorageError,
+    StorageUnreachableError,
+    StudyNotFoundError,
+)
 from tuner.spec import StudySpec, parse_spec
 from tuner.storage import optuna_internals as internals
 from tuner.storage.rdb import open_storage, rdb_backend, resolve_storage_url
+from tuner.storage.urls import sqlite_file
 from tuner.study import confirmation, warm_start
 from tuner.study import lifecycle as studies
 from tuner.study.results import outside_budget
@@ -75,6 +81,16 @@ def warm_start_sources(spec: StudySpec, url: str) -> list[warm_start.Source]:
         SpecError: a warm-start study trains another workload or metric.
         StudyNotFoundError: a warm-start study is not in the storage.
     """
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        # Opening would create the file: a refusal (exit 2) must leave nothing behind, and a
+        # new file holds no study to warm-start from.
+        if spec.search.warm_start:
+            raise StudyNotFoundError(
+                f"[search] warm_start: no study named {spec.search.warm_start[0]!r}: {path} "
+                "does not exist (no study has been run there; give the right --storage)"
+            )
+        return []
     storage = open_storage(url, reconnect_seconds=spec.execution.reconnect_seconds)
     if studies.recorded_spec(spec.name, storage) is not None:
         return []
@@ -138,8 +154,13 @@ def run(
             "SQLite serves one machine, and workers on other nodes cannot share it: give a "
             "PostgreSQL storage (--storage postgresql+psycopg://user@host/db) for a cluster"
         )
-    finished = studies.finished_study(
-        spec, open_storage(url, reconnect_seconds=spec.execution.reconnect_seconds)
+    path = sqlite_file(url)
+    finished = (
+        None  # opening would create the file, which holds no study yet
+        if path is not None and not path.exists()
+        else studies.finished_study(
+            spec, open_storage(url, reconnect_seconds=spec.execution.reconnect_seconds)
+        )
     )
     if finished is not None:  # nothing to start Ray, check data or claim trials for
         say(

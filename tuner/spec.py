@@ -14,7 +14,7 @@ import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -47,8 +47,15 @@ Toggle = Literal["off", "on", "search"]
 Int = Annotated[int, Field(strict=True)]
 Number = Annotated[float, Field(strict=True)]
 Range = tuple[Number, Number]
+_M = TypeVar("_M", bound=BaseModel)
 #: Seeds feed numpy's legacy RandomState (Optuna's samplers), which takes 0 ≤ seed < 2**32.
 SEED_LIMIT = 2**32
+#: The longest study name the database holds: Optuna's ``study_name`` column is VARCHAR(512)
+#: (tests/storage/test_optuna_internals.py checks it against the schema).
+NAME_LIMIT = 512
+#: Trial numbers and epochs (Optuna's ``step``) are 32-bit INTEGER columns: a budget beyond
+#: them could never be recorded, so it is refused with the rest of the file.
+ROW_NUMBER_LIMIT = 2**31 - 1
 
 
 def bounds(value: float | tuple[float, float]) -> tuple[float, float]:
@@ -163,9 +170,9 @@ class BudgetSpec(_Model):
     """How many trials, how long, how many epochs each trial may train, and the confirmation
     of the winners on fresh seeds (beyond the trial budget)."""
 
-    trials: Int | None = Field(default=None, gt=0)
+    trials: Int | None = Field(default=None, gt=0, le=ROW_NUMBER_LIMIT)
     timeout_seconds: Number | None = Field(default=None, gt=0)
-    epochs: Int = Field(default=10, gt=0)
+    epochs: Int = Field(default=10, gt=0, le=ROW_NUMBER_LIMIT)
     confirm: ConfirmSpec | None = None
 
     @model_validator(mode="after")
@@ -261,7 +268,7 @@ class ExecutionSpec(_Model):
 class StudySpec(_Model):
     """A whole study file, validated. Build with `load_spec` or `parse_spec`."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(min_length=1, max_length=NAME_LIMIT, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = ""
     metric: str | None = None
     direction: Direction | None = None
@@ -275,6 +282,14 @@ class StudySpec(_Model):
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     #: The searched optimizers as resolved at validation: every trial samples from these.
     _choices: list[OptimizerSpec] = PrivateAttr(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_folder_step(cls, name: str) -> str:
+        # The name is a folder of the artifact store: "." and ".." would be this one or above.
+        if set(name) == {"."}:
+            raise ValueError("dots alone are no study name; use letters, digits, _ . -")
+        return name
 
     @model_validator(mode="after")
     def _resolve(self) -> StudySpec:
@@ -509,10 +524,36 @@ def _toml(value: Any) -> str:
     return repr(value)
 
 
+class _RecordedExecution(BaseModel):
+    """The part of a recorded spec that reading a study needs: [execution], other keys ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+
+
+def recorded_execution(data: Mapping[str, Any], source: str) -> ExecutionSpec:
+    """The [execution] settings of the spec a study recorded, validated alone, as data.
+
+    Validating the whole spec imports the workload module and optimizer classes it names,
+    from the folders it names: anyone who can write a study into a shared database could
+    then run code as whoever reads it (``tuner status``). Only ``tuner run`` and ``tuner
+    worker`` import a study's code.
+    """
+    return _validated(_RecordedExecution, data, source).execution
+
+
 def parse_spec(data: Mapping[str, Any], source: str = "<spec>") -> StudySpec:
-    """Validate already-parsed TOML data; raise SpecError naming `source`, the key and the fix."""
+    """Validate already-parsed TOML data; raise SpecError naming `source`, the key and the fix.
+
+    This imports the code the spec names (its workload, optimizer classes): give it only a
+    spec the user chose to run."""
+    return _validated(StudySpec, data, source)
+
+
+def _validated(model: type[_M], data: Mapping[str, Any], source: str) -> _M:
+    """`model` validated from `data`, or SpecError naming `source`, the key and the fix."""
     try:
-        return StudySpec.model_validate(dict(data))
+        return model.model_validate(dict(data))
     except ValidationError as error:
         errors = error.errors()
         first = errors[0]

@@ -47,6 +47,13 @@ SCHEMA = {
 }
 
 
+def test_a_study_name_the_spec_accepts_fits_the_database_column() -> None:
+    """`tuner.spec.NAME_LIMIT` is the length of Optuna's ``study_name`` column."""
+    from tuner.spec import NAME_LIMIT
+
+    assert internals.table("studies").c.study_name.type.length == NAME_LIMIT
+
+
 def test_the_schema_has_the_tables_and_columns_our_sql_names() -> None:
     for name, columns in SCHEMA.items():
         assert columns <= set(internals.table(name).c.keys()), name

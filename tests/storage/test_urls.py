@@ -38,6 +38,13 @@ QUICKSTART = ROOT / "studies" / "quickstart.toml"
         ("postgresql+psycopg://alice@db/tuner?password=a@hunter2", None),
         ("mysql+pymysql://alice:hunter2@db/tuner?api_token=hunter2", None),
         ("sqlite:////home/a@b/studies.db", "sqlite:////home/a@b/studies.db"),
+        # A key SQLAlchemy decodes (parse_qsl) is the same key to libpq, however spelt.
+        ("postgresql://alice@db/t?pass%77ord=hunter2", "postgresql://alice@db/t?pass%77ord=***"),
+        (
+            "postgresql://alice@db/t?sslmode=require&PASSWORD=hunter2&ssl%70assword=hunter2",
+            "postgresql://alice@db/t?sslmode=require&PASSWORD=***&ssl%70assword=***",
+        ),
+        ("postgresql://alice@db/t?%70%61%73%73%77%6f%72%64=hunter2", None),
     ],
 )
 def test_every_secret_is_masked_and_the_rest_kept(url: str, masked: str | None) -> None:

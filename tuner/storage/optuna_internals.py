@@ -2,10 +2,10 @@
 
 Optuna's public API has no way to claim a trial under a budget, to read a study's trials in a
 few statements, or to put a trial it did not create into its trial cache; tuner does those
-things on Optuna's own schema and objects (see tuner.storage.rdb and tuner.study.lifecycle). Every
-private name they need is spelled here and nowhere else, and each assumption made about it has its
-own test in tests/storage/test_optuna_internals.py, so an Optuna release that breaks one fails one
-named test instead of a study.
+things on Optuna's own schema and objects (see tuner.storage.rdb and tuner.study.lifecycle).
+Every private name they need is spelled here and nowhere else, and each assumption made about it
+has its own test in tests/storage/test_optuna_internals.py, so an Optuna release that breaks one
+fails one named test instead of a study.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from collections.abc import Callable, Container
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import optuna
 import sqlalchemy
@@ -33,7 +34,7 @@ from sqlalchemy.engine import make_url
 
 from tuner.errors import StorageError, StorageUnreachableError
 from tuner.storage import optuna_internals as internals
-from tuner.storage.urls import mask_url, sqlalchemy_url
+from tuner.storage.urls import mask_url, sqlalchemy_url, sqlite_file
 
 #: Seconds a SQLite writer waits for a lock before failing; long, because optuna-dashboard's
 #: polling and several workers share one file (optuna-dashboard issue 545).
@@ -848,6 +849,32 @@ def _prepare_sqlite(url: sqlalchemy.URL) -> dict:
     return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT, "isolation_level": None}}
 
 
+def _read_only_sqlite(url: sqlalchemy.URL) -> sqlalchemy.URL:
+    """The URL of the SQLite file opened read-only (SQLite's URI ``mode=ro``): reading a study
+    then works on a file in a folder the user cannot write, and never writes by mistake.
+
+    A reader of a WAL file needs its index (``-shm``) beside it; where the folder is not
+    writable and there is none, SQLite cannot create one, so the file is opened ``immutable``:
+    it reads what was last written to the file itself, which is all there is without a
+    ``-wal`` beside it.
+    """
+    path = Path(url.database or "")
+    query = {"mode": "ro", "uri": "true"}
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        query["immutable"] = "1"
+    # Percent-encoded: SQLite reads the name as a URI, where ? and # would end it.
+    return url.set(database=f"file:{quote(str(path), safe='/')}", query=query)
+
+
+def writable(url: str) -> bool:
+    """Whether this process may write the study database: False for a SQLite file (or its
+    folder) the user cannot write; True for a server, which answers for itself."""
+    path = sqlite_file(url)
+    if path is None:
+        return True
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
 def _serialize_sqlite_writers(engine: sqlalchemy.Engine) -> None:
     """Start every transaction with BEGIN IMMEDIATE (SQLAlchemy's pysqlite recipe).
 
@@ -869,6 +896,7 @@ def open_storage(
     heartbeat: tuple[int, int] | None = None,
     reconnect_seconds: float = RECONNECT_SECONDS,
     wait_for_database: bool = False,
+    read_only: bool = False,
 ) -> RetryingRDBStorage:
     """Open (creating if needed) the study database at `url`; one storage per URL a process.
 
@@ -888,6 +916,9 @@ def open_storage(
             reached: a refusal there ("too many clients", a restart) is an outage that passes.
             A command opening a URL the user just typed fails at once instead, so a mistake in
             it is one line, not a two-minute wait.
+        read_only: for commands that only read: an existing SQLite file is opened read-only
+            (`_read_only_sqlite`), neither created nor switched to WAL. A server's database
+            is opened as any other time (its permissions are the server's to enforce).
 
     Raises:
         StorageError: the URL is malformed or the database cannot be reached.
@@ -905,7 +936,15 @@ def open_storage(
     # server dropped fails its first statement instead; SQLAlchemy then discards the pool's
     # connections, and RetryingRDBStorage's retry runs the call again on a fresh one.
     engine_kwargs = {"pool_pre_ping": False}
-    if parsed.get_backend_name() == "sqlite":
+    sqlite_database = parsed.get_backend_name() == "sqlite" and parsed.database not in (
+        None,
+        "",
+        ":memory:",
+    )
+    if sqlite_database and read_only:
+        url = _read_only_sqlite(parsed).render_as_string(hide_password=False)
+        engine_kwargs |= {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
+    elif parsed.get_backend_name() == "sqlite":
         try:
             engine_kwargs |= _prepare_sqlite(parsed)
         except (OSError, sqlite3.Error) as error:
@@ -947,6 +986,6 @@ def open_storage(
                 f"cannot reach storage {masked}: {reason}. Check that the database server is "
                 "running and the URL is right, or pass another with --storage / TUNER_STORAGE."
             ) from None
-    if parsed.get_backend_name() == "sqlite":
+    if parsed.get_backend_name() == "sqlite" and not read_only:
         _serialize_sqlite_writers(storage.engine)
     return storage

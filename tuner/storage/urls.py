@@ -6,7 +6,8 @@ SQLAlchemy's URL parser splits at the first ``@`` and reads ``h1:5432,h2:5433`` 
 so neither its masking nor its parsing holds for these: hence the small parser here.
 
 What is masked: the password in the user part, and the value of every query parameter whose
-name contains ``password``, ``secret`` or ``token`` (``password``, ``sslpassword``, …).
+name, once decoded as SQLAlchemy decodes it (``pass%77ord`` is ``password``), contains
+``password``, ``secret`` or ``token`` (``password``, ``sslpassword``, …, in any case).
 Paths to files that hold secrets (``sslkey``, ``passfile``) are shown: the file's permissions
 protect it, and a user needs to see which file was meant.
 """
@@ -15,13 +16,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote_plus
 
-#: A query parameter that carries a secret, with its value (up to the next ``&``).
-_SECRET_PARAMETER = re.compile(
-    r"(?P<name>(?<=[?&])[^=&?]*(?:password|secret|token)[^=&?]*)=[^&]*", re.IGNORECASE
-)
+#: A query parameter: its name and value, up to the next ``&`` (as urllib's parse_qsl splits).
+_PARAMETER = re.compile(r"(?<=[?&])(?P<name>[^=&]*)=[^&]*")
+_SECRET_NAME = re.compile(r"password|secret|token", re.IGNORECASE)
 MASK = "***"
+
+
+def _mask_secret(parameter: re.Match[str]) -> str:
+    # Decoded first: SQLAlchemy reads the name through parse_qsl, so an encoded name is the
+    # same key to libpq.
+    if _SECRET_NAME.search(unquote_plus(parameter["name"])):
+        return f"{parameter['name']}={MASK}"
+    return parameter[0]
 
 
 def mask_url(url: str) -> str:
@@ -31,7 +39,7 @@ def mask_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url  # a bare path: a SQLite file, with no password to hide
-    rest = _SECRET_PARAMETER.sub(rf"\g<name>={MASK}", rest)
+    rest = _PARAMETER.sub(_mask_secret, rest)
     if rest.startswith("/") or "@" not in rest:
         return f"{scheme}://{rest}"  # no user part (sqlite:////path, host/db)
     # The last @ ends the user part: a password may hold an unescaped @, a host never does.

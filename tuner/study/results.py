@@ -36,7 +36,8 @@ def open_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
 
     Returns the study and the resolved storage URL. A missing study raises
     StudyNotFoundError listing those there are; a SQLite file that does not exist is not
-    created (nor its folder): reading a study never writes.
+    created (nor its folder), and an existing one is opened read-only: reading a study never
+    writes, and a file the user cannot write can still be read.
     """
     url = resolve_storage_url(storage)
     path = sqlite_file(url)
@@ -45,7 +46,7 @@ def open_study(name: str, storage: str | None = None) -> tuple[optuna.Study, str
             f"no study named {name!r}: {path} does not exist (no study has been run there; "
             "run one with `tuner run`, or give the right --storage)"
         )
-    opened = open_storage(url)
+    opened = open_storage(url, read_only=True)
     try:
         return optuna.load_study(study_name=name, storage=opened), url
     except KeyError:

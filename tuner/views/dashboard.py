@@ -141,6 +141,24 @@ def search_importances(app: WSGIApp, storage: BaseStorage) -> WSGIApp:
     return routed
 
 
+def same_origin(app: WSGIApp) -> WSGIApp:
+    """Wrap a WSGI app so that no answer carries ``Access-Control-Allow-Origin``.
+
+    optuna-dashboard answers artifact requests with ``Access-Control-Allow-Origin: *``: any web
+    page the user visits could then read a dashboard on localhost's learning curves and trial
+    logs. Without the header, browsers let only the dashboard's own page read them.
+    """
+
+    def answered(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+            kept = [(k, v) for k, v in headers if k.lower() != "access-control-allow-origin"]
+            return start_response(status, kept, *rest)
+
+        return app(environ, start)
+
+    return answered
+
+
 def serve(storage: str | None, host: str, port: int) -> int:
     """Serve optuna-dashboard on the study database until Ctrl-C; 0 on a clean stop.
 
@@ -165,7 +183,7 @@ def serve(storage: str | None, host: str, port: int) -> int:
         storage = open_storage(url)
         store = artifact_store(url)
         app = optuna_dashboard.wsgi(storage, artifact_store=store)
-        server.set_app(search_importances(app, storage))
+        server.set_app(same_origin(search_importances(app, storage)))
         studies = len(optuna.get_all_study_names(storage))
         shown_host = f"[{host}]" if ":" in host else host
         print(

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,30 @@ def search_path(study_file: Path, given: Sequence[str] = ()) -> list[str]:
     folders = [str((folder / entry).resolve()) for entry in given]
     folders += [str(folder), str(Path.cwd().resolve())]
     return list(dict.fromkeys(folders))
+
+
+def code_to_run(spec: Mapping[str, Any]) -> str:
+    """What running a recorded spec executes, in words, read from the spec as data (nothing
+    imported): the workload's module or command and the folders it comes from, and any
+    optimizer class the spec names. `tuner worker` says it before it runs any of it."""
+    workload = spec.get("workload") or {}
+    folders = [str(folder) for folder in workload.get("search_path") or []]
+    name, command = str(workload.get("name") or ""), workload.get("command")
+    if command:
+        place = folders[0] if folders else "the working directory"
+        said = f"the command `{shlex.join(str(part) for part in command)}` in {place}"
+    elif ":" in name:
+        said = f"{name}, imported from {', '.join([*folders, 'sys.path'])}"
+    else:
+        said = f"the built-in workload {name}"
+    classes = [
+        str(table["class"])
+        for table in (spec.get("optimizers") or {}).values()
+        if isinstance(table, Mapping) and "class" in table
+    ]
+    if classes:
+        said += f"; optimizer classes {', '.join(classes)}, imported from the same places"
+    return said
 
 
 def import_user(target: str, folders: Sequence[str]) -> Any:

@@ -18,9 +18,10 @@ attributes and the study's ``spec`` (see the README's "what each trial records")
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from tuner.errors import EmptyStudyError
+from tuner.errors import EmptyStudyError, TunerError
 from tuner.study.importance import parameter_importances
 from tuner.study.results import count_sentence, open_study
 from tuner.views.report import figures as draw
@@ -46,7 +47,11 @@ def write_report(study: str, out_dir: Path, storage: str | None = None) -> Path:
     Raises:
         StudyNotFoundError: no such study; the message lists the studies there are.
         EmptyStudyError: no trial has completed yet; nothing is written.
+        TunerError: `out_dir` is a file, or cannot be created or written to.
     """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # before anything is read or drawn
+        raise TunerError(f"--out {out_dir} is a file: give a folder for index.html and the PNGs")
     loaded, url = open_study(study, storage)
     snapshot = StudySnapshot.read(loaded, url)
     if not snapshot.complete:
@@ -56,8 +61,7 @@ def write_report(study: str, out_dir: Path, storage: str | None = None) -> Path:
         )
     importances = parameter_importances(snapshot.trials, snapshot.direction, snapshot.metric)
     colours = draw.colours(snapshot)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _writable_folder(out_dir)
     figures = {
         "best_by_optimizer": draw.best_by_optimizer(
             snapshot, colours, out_dir / "best_by_optimizer.png"
@@ -73,3 +77,13 @@ def write_report(study: str, out_dir: Path, storage: str | None = None) -> Path:
     index = out_dir / "index.html"
     index.write_text(page(snapshot, figures, importances), encoding="utf-8")
     return index
+
+
+def _writable_folder(folder: Path) -> None:
+    """Create `folder` if missing; TunerError naming it and why where it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TunerError(f"--out {folder}: cannot create the folder: {error.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TunerError(f"--out {folder}: the folder is not writable; give another with --out")
