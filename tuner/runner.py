@@ -73,6 +73,15 @@ def _interrupt_orphans(study: optuna.Study, run_id: str, reason: str) -> None:
         pass  # the error that stops the run says so already
 
 
+def existing_storage(spec: StudySpec, url: str) -> optuna.storages.BaseStorage | None:
+    """The storage at `url`, or None for a SQLite file that does not exist yet: opening would
+    create it, and a refusal (exit 2) before the study is created must leave nothing behind."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        return None
+    return open_storage(url, reconnect_seconds=spec.execution.reconnect_seconds)
+
+
 def warm_start_sources(spec: StudySpec, url: str) -> list[warm_start.Source]:
     """The spec's warm-start studies, checked, if its study is still to be created (a warm
     start seeds a new study only); [] otherwise.
@@ -81,17 +90,15 @@ def warm_start_sources(spec: StudySpec, url: str) -> list[warm_start.Source]:
         SpecError: a warm-start study trains another workload or metric.
         StudyNotFoundError: a warm-start study is not in the storage.
     """
-    path = sqlite_file(url)
-    if path is not None and not path.exists():
-        # Opening would create the file: a refusal (exit 2) must leave nothing behind, and a
-        # new file holds no study to warm-start from.
+    storage = existing_storage(spec, url)
+    if storage is None:  # a new file holds no study to warm-start from
         if spec.search.warm_start:
             raise StudyNotFoundError(
-                f"[search] warm_start: no study named {spec.search.warm_start[0]!r}: {path} "
-                "does not exist (no study has been run there; give the right --storage)"
+                f"[search] warm_start: no study named {spec.search.warm_start[0]!r}: "
+                f"{sqlite_file(url)} does not exist (no study has been run there; give the "
+                "right --storage)"
             )
         return []
-    storage = open_storage(url, reconnect_seconds=spec.execution.reconnect_seconds)
     if studies.recorded_spec(spec.name, storage) is not None:
         return []
     return warm_start.check_sources(spec, storage, url)
@@ -154,14 +161,8 @@ def run(
             "SQLite serves one machine, and workers on other nodes cannot share it: give a "
             "PostgreSQL storage (--storage postgresql+psycopg://user@host/db) for a cluster"
         )
-    path = sqlite_file(url)
-    finished = (
-        None  # opening would create the file, which holds no study yet
-        if path is not None and not path.exists()
-        else studies.finished_study(
-            spec, open_storage(url, reconnect_seconds=spec.execution.reconnect_seconds)
-        )
-    )
+    storage = existing_storage(spec, url)
+    finished = None if storage is None else studies.finished_study(spec, storage)
     if finished is not None:  # nothing to start Ray, check data or claim trials for
         say(
             f"{spec.name} is finished: {spec.budget.trials} of {spec.budget.trials} trials; "
