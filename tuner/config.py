@@ -7,8 +7,8 @@ the same code that trained it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ class TrainingConfig:
         batch_size: mini-batch size, or None where the workload has no data.
         lookahead: (k, alpha) of a Lookahead wrapper, or None.
         schedule_free: the optimizer needs ``train()``/``eval()`` calls (Schedule-Free AdamW).
+        params: the user's own parameters (``[params]`` and ``trial.suggest_*``, see
+            tuner.search.params) in natural units, by the names the user chose.
     """
 
     optimizer: str
@@ -48,6 +50,7 @@ class TrainingConfig:
     batch_size: int | None = None
     lookahead: tuple[int, float] | None = None
     schedule_free: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def build_optimizer(
         self, params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
@@ -85,7 +88,8 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (what a trial records)."""
-        return asdict(self)
+        # `params` may be read-only (`BestConfig`), which asdict cannot copy.
+        return {**asdict(replace(self, params={})), "params": dict(self.params)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:

@@ -186,16 +186,20 @@ def test_bad_reports_fail_their_trial_with_the_exact_reason(
             if trial.number == 2:
                 trial.report({"val_loss": 1.0}, 1)
                 trial.report({"val_loss": math.nan}, 2)
+            if trial.number == 4:
+                return "hello"
+            if trial.number == 5:
+                trial.suggest_float("learning_rate", 0.1, 1.0)  # tuner's own name
             return {"val_loss": 0.25}
         """
     spec = load_spec(
         project(
             tmp_path,
             {f"{module}.py": code},
-            function_study("bad-reports", module, "[budget]\ntrials = 4\nepochs = 2\n"),
+            function_study("bad-reports", module, "[budget]\ntrials = 6\nepochs = 2\n"),
         )
     )
-    wrong, silent, diverged, returned = run_here(spec, sqlite_url)
+    wrong, silent, diverged, returned, text, reserved = run_here(spec, sqlite_url)
     assert wrong.state == TrialState.FAIL
     assert (
         "reported accuracy in epoch 1, not the study's metric 'val_loss'"
@@ -206,6 +210,13 @@ def test_bad_reports_fail_their_trial_with_the_exact_reason(
     assert "diverged in epoch 2" in diverged.user_attrs["diverged"]  # never a result
     assert not is_result(diverged)
     assert returned.state == TrialState.COMPLETE and returned.value == 0.25
+    assert text.state == TrialState.FAIL
+    assert text.user_attrs["fail_reason"] == "TypeError: train() returned 'hello', not a number"
+    assert reserved.state == TrialState.FAIL
+    assert (
+        "trial.suggest_*('learning_rate'): one of tuner's own"
+        in (reserved.user_attrs["fail_reason"])
+    )
 
 
 def test_a_failing_script_is_a_fail_with_its_stderr_and_keeps_its_output(
@@ -247,6 +258,12 @@ def test_a_failing_script_is_a_fail_with_its_stderr_and_keeps_its_output(
             'name = "{module}:train"',
             {"{module}.py": "def train(a, b, c):\n    pass\n"},
             "takes (a, b, c); a training function takes (trial)",
+        ),
+        (
+            'name = "{module}:train"',
+            {"{module}.py": "def train(trial, extra):\n    pass\n"},
+            "takes (trial, extra); a training function takes (trial), a workload factory "
+            "(options, context)",
         ),
         (
             'command = ["python", "missing.py"]',

@@ -147,7 +147,9 @@ class TrialTraining:
         self.spec, self.config, self.device = spec, config, device
         self.trainable = build_trainable(
             spec.workload,
-            TrialContext(seed=seed, device=device, batch_size=config.batch_size or 1),
+            TrialContext(
+                seed=seed, device=device, batch_size=config.batch_size or 1, params=config.params
+            ),
         )
         self.parameters = [p for p in self.trainable.model.parameters() if p.requires_grad]
         self.optimizer = config.build_optimizer(self.parameters)
