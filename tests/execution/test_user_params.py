@@ -32,6 +32,7 @@ from tuner.storage.rdb import open_storage
 from tuner.study import confirmation
 from tuner.study.importance import parameter_importances
 from tuner.study.results import CONFIRMS, COPIED_FROM
+from tuner.views.report import write_report
 
 #: A cheap deterministic landscape of the user's parameters: best at dropout 0.3, width 128,
 #: one layer; `gap` exists only for deeper models (a conditional parameter).
@@ -122,6 +123,9 @@ def test_declared_and_asked_parameters_are_stored_shown_confirmed_and_warm_start
 
     importances = parameter_importances(trials, StudyDirection.MINIMIZE, "val_loss", min_trials=2)
     assert {"dropout", "width", "layers"} <= set(importances.ped_anova)
+
+    page = write_report(study_name, tmp_path / "report", storage_url).read_text()
+    assert f"dropout={best.params['dropout']:.4g}" in page  # the top trials' table
 
     # Confirmation re-runs the winner with the same values, declared and asked alike.
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
