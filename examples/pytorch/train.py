@@ -27,10 +27,15 @@ def loaders(batch_size: int) -> tuple[DataLoader, DataLoader]:
 
 
 def fit(config, epochs: int, device: torch.device, report=None) -> float:
-    """Train an MLP with `config`'s optimizer and schedule; return the validation accuracy."""
+    """Train an MLP of `config`'s width and dropout (the study's [params]) with its optimizer
+    and schedule; return the validation accuracy."""
     train_loader, val_loader = loaders(config.batch_size)
+    width = config.params["width"]
     model = torch.nn.Sequential(
-        torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+        torch.nn.Linear(64, width),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(config.params["dropout"]),
+        torch.nn.Linear(width, 10),
     ).to(device)
     optimizer = config.build_optimizer(model.parameters())
     scheduler = config.build_scheduler(optimizer, len(train_loader), epochs)
@@ -67,7 +72,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     best = tuner.best_config("example-pytorch", storage=args.storage)
     print(
-        f"best of the study: {best.optimizer}, lr {best.learning_rate:.3g}, batch {best.batch_size}"
+        f"best of the study: {best.optimizer}, lr {best.learning_rate:.3g}, "
+        f"batch {best.batch_size}, {dict(best.params)}"
     )
     accuracy = fit(best, args.epochs, torch.device("cpu"))
     print(f"trained with the winner for {args.epochs} epochs: val_accuracy {accuracy:.3f}")
