@@ -22,6 +22,7 @@ import tuner
 from tests.processes import alive
 from tests.test_faults import assert_finished_with_retries, running_by, wait_for
 from tuner.cli import main
+from tuner.execution.output import Tail
 from tuner.execution.worker import run_worker
 from tuner.runner import with_overrides
 from tuner.spec import StudySpec, load_spec
@@ -248,6 +249,51 @@ def test_a_failing_script_is_a_fail_with_its_stderr_and_keeps_its_output(
     assert names >= {"trial_0_stdout.txt"}
     failed_names = {meta.filename for meta in get_all_artifact_meta(failed, storage=storage)}
     assert {"trial_1_stdout.txt", "trial_1_stderr.txt"} <= failed_names
+
+
+def test_a_functions_output_is_kept_and_ends_its_failure(tmp_path: Path, sqlite_url: str) -> None:
+    module = unique("noisy")
+    code = """
+        import sys
+
+        def train(trial):
+            print(f"training trial {trial.number}")
+            print("a warning on stderr", file=sys.stderr)
+            if trial.number == 1:
+                print("loss went up, giving up")
+                raise RuntimeError("gave up")
+            return 0.5
+        """
+    study = function_study("noisy", module, "[budget]\ntrials = 2\nepochs = 1\n")
+    ok, failed = run_here(load_spec(project(tmp_path, {f"{module}.py": code}, study)), sqlite_url)
+    assert ok.state == TrialState.COMPLETE and failed.state == TrialState.FAIL
+    reason = failed.user_attrs["fail_reason"]
+    assert reason.startswith("RuntimeError: gave up\noutput ends:\n")
+    assert reason.endswith("training trial 1\na warning on stderr\nloss went up, giving up")
+    from optuna.artifacts import download_artifact, get_all_artifact_meta
+
+    from tuner.storage.artifacts import artifact_store
+
+    storage = open_storage(sqlite_url)
+    kept = {meta.filename: meta for meta in get_all_artifact_meta(ok, storage=storage)}
+    assert set(kept) == {"trial_0_stdout.txt", "trial_0_stderr.txt"}
+    copy = tmp_path / "stdout.txt"
+    download_artifact(
+        artifact_store=artifact_store(storage),
+        artifact_id=kept["trial_0_stdout.txt"].artifact_id,
+        file_path=str(copy),
+    )
+    assert copy.read_text() == "training trial 0\n"
+
+
+def test_kept_output_is_bounded_to_its_tail() -> None:
+    tail = Tail(limit=10)
+    for chunk in ("0123456789", "abc", "de", "fghij"):
+        tail.add(chunk)
+    assert tail.text() == "abcdefghij" and tail.cut
+    short = Tail(limit=10)
+    short.add("abc")
+    assert short.text() == "abc" and not short.cut
 
 
 @pytest.mark.parametrize(

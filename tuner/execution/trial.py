@@ -18,6 +18,7 @@ import optuna
 import torch
 
 from tuner.config import TrainingConfig
+from tuner.execution.output import captured, keep_captured
 from tuner.execution.train import EpochResult, TrainingRecord, TrialDiverged, close_epoch
 from tuner.spec import StudySpec
 from tuner.storage import optuna_internals as internals
@@ -144,7 +145,8 @@ class Trial:
 
 def run_function(function: Callable[[Trial], Any], trial: Trial) -> float:
     """Call the user's ``train(trial)`` and return the trial's value: what it returns (a
-    number, or a mapping holding the study's metric), else the last reported value.
+    number, or a mapping holding the study's metric), else the last reported value. What it
+    prints is kept (tuner.execution.output).
 
     Raises:
         optuna.TrialPruned: the pruner stopped it (even if the function caught the exception).
@@ -153,7 +155,17 @@ def run_function(function: Callable[[Trial], Any], trial: Trial) -> float:
         TypeError: it returned something that is not a number.
     """
     torch.manual_seed(trial.seed)
-    returned = function(trial)
+    with captured() as output:
+        try:
+            returned = function(trial)
+        except Exception as error:
+            # Its reason (tuner.execution.worker.settle) ends with the last lines it printed.
+            lines = output.last_lines()
+            if lines and not isinstance(error, optuna.TrialPruned | TrialDiverged):
+                error.add_note(f"output ends:\n{lines}")
+            raise
+        finally:
+            keep_captured(trial.optuna_trial, output)
     if trial.stopped is not None:  # the function swallowed the stop and returned
         raise trial.stopped
     return final_value(trial, returned, "train()")
