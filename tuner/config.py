@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from tuner.search.schedules import Scheduler
+    from tuner.search.stepper import Stepper
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +86,20 @@ class TrainingConfig:
         return build_scheduler(
             optimizer, self.schedule, steps_per_epoch, epochs, self.warmup_fraction, direction
         )
+
+    def build_stepper(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        steps_per_epoch: int,
+        epochs: int,
+        direction: Literal["minimize", "maximize"] | None = None,
+    ) -> Stepper:
+        """The optimizer and schedule behind one object that a plain loop calls after
+        ``backward()`` and at each epoch's end, whatever the configuration (clipping,
+        ``plateau``, Schedule-Free, Lookahead): see tuner.search.stepper."""
+        from tuner.search.stepper import Stepper
+
+        return Stepper(self, params, steps_per_epoch, epochs, direction)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (what a trial records)."""
