@@ -14,7 +14,7 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import TrialState
 
-from tuner.errors import ExecutionError, StorageError, StorageUnreachableError
+from tuner.errors import ExecutionError, SpecError, StorageError, StorageUnreachableError
 from tuner.spec import StudySpec, parse_spec
 from tuner.storage import optuna_internals as internals
 from tuner.storage.rdb import open_storage, rdb_backend, resolve_storage_url
@@ -140,6 +140,11 @@ def run(
         )
     if not spec.execution.ray_address:  # on a cluster the data lives on the workers' nodes
         preflight(spec.workload)
+        if spec.execution.trials_per_worker != 1 and spec.declared_params():
+            from tuner.execution.stacked import shape_changing_param
+
+            if (reason := shape_changing_param(spec)) is not None:
+                raise SpecError(reason)
     sources = warm_start_sources(spec, url)
     from tuner.execution.ray import run_on_ray, start_ray
 

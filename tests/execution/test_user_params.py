@@ -25,6 +25,7 @@ from tests.execution.test_user_code import (
     unique,
 )
 from tuner.cli import main
+from tuner.execution.stacked import shape_changing_param
 from tuner.execution.worker import run_worker
 from tuner.runner import create_study, queued_only
 from tuner.spec import load_spec
@@ -195,3 +196,47 @@ def test_a_factory_and_a_script_see_the_trials_parameters(tmp_path: Path, sqlite
         assert trial.value == trial.params["dropout"] + trial.params["layers"]
         recorded = trial.user_attrs["config"]["params"]
         assert recorded == {"dropout": trial.params["dropout"], "layers": trial.params["layers"]}
+
+
+#: A factory whose model's width is a parameter of the user's and whose loss scales with
+#: another (`scale`), which changes no shape.
+SHAPED_FACTORY = """
+    import torch
+
+    class Shaped:
+        def __init__(self, width, scale):
+            self.model = torch.nn.Sequential(torch.nn.Linear(2, width), torch.nn.Linear(width, 1))
+            self.scale = scale
+
+        def steps_per_epoch(self):
+            return 1
+
+        def epoch(self, generator):
+            yield lambda: self.scale * self.model(torch.ones(4, 2)).pow(2).mean()
+
+        def evaluate(self):
+            return {"val_loss": float(self.model(torch.ones(4, 2)).pow(2).mean())}
+
+    def factory(options, context):
+        return Shaped(context.params.get("width", 4), context.params["scale"])
+    """
+
+
+def test_stacking_refuses_parameters_that_change_the_models_shapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = unique("shaped")
+    study = function_study("shaped", module, "[budget]\ntrials = 2\nepochs = 1\n")
+    study = study.replace(f'name = "{module}:train"', f'name = "{module}:factory"')
+    shaped = study + "[params]\nscale = { low = 0.5, high = 2.0 }\nwidth = { choices = [4, 8] }\n"
+    study_file = project(tmp_path / "shaped", {f"{module}.py": SHAPED_FACTORY}, shaped)
+    database = tmp_path / "studies.db"
+    assert main(["run", str(study_file), "--storage", f"sqlite:///{database}", "--batch", "4"]) == 2
+    error = capsys.readouterr().err
+    assert "[params] width: the model's shapes change with it (4 and 8 differ)" in error
+    assert "trials_per_worker = 1" in error and len(error.strip().splitlines()) == 1
+    assert not database.exists()
+
+    scaled = study + "[params]\nscale = { low = 0.5, high = 2.0 }\n"
+    spec = load_spec(project(tmp_path / "scaled", {f"{module}.py": SHAPED_FACTORY}, scaled))
+    assert shape_changing_param(spec) is None
