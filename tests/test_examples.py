@@ -50,6 +50,8 @@ def test_an_example_tunes_then_trains_with_the_winner(
     study = optuna.load_study(study_name=f"example-{name}", storage=open_storage(sqlite_url))
     assert len(study.trials) == 2
     assert any(trial.state == TrialState.COMPLETE for trial in study.trials)
+    # Each example searches parameters of its own model beside the optimizer's.
+    assert all(trial.user_attrs["config"]["params"] for trial in study.trials)
 
     result = subprocess.run(
         [sys.executable, *retrain[1:], "--epochs", "1"],

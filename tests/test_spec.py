@@ -174,6 +174,56 @@ BAD_SPECS = [
         "unknown optimizer 'adma'",
     ),
     (
+        "a parameter named like an optimizer knob",
+        MINIMAL + "[params]\nbeta1 = { low = 0.1, high = 0.2 }\n",
+        r"\[params\] beta1: one of tuner's own search parameters",
+    ),
+    (
+        "a parameter named like a transformed knob",
+        MINIMAL + "[params]\nlearning_rate_in_range = 1\n",
+        r"\[params\] learning_rate_in_range: names .* ending '_in_range' are tuner's own",
+    ),
+    (
+        "a reversed parameter range",
+        MINIMAL + "[params]\ndropout = { low = 0.5, high = 0.1 }\n",
+        r"\[params\] dropout: low 0.5 is above high 0.1: expected low < high",
+    ),
+    (
+        "an empty parameter range",
+        MINIMAL + "[params]\nlayers = { low = 2, high = 2 }\n",
+        r"\[params\] layers: low 2 equals high 2",
+    ),
+    (
+        "a log parameter range through zero",
+        MINIMAL + "[params]\nscale = { low = 0.0, high = 1.0, log = true }\n",
+        r"\[params\] scale: log = true needs 0 < low",
+    ),
+    (
+        "a non-finite parameter bound",
+        MINIMAL + "[params]\nscale = { low = 0.0, high = inf }\n",
+        r"\[params\] scale: high: expected a finite number, got inf",
+    ),
+    (
+        "a choice list of mixed types",
+        MINIMAL + "[params]\nwidth = { choices = [64, 'wide'] }\n",
+        r"\[params\] width: choices: expected values of one type",
+    ),
+    (
+        "an empty choice list",
+        MINIMAL + "[params]\nwidth = { choices = [] }\n",
+        r"\[params\] width: choices: expected a non-empty list",
+    ),
+    (
+        "a misspelt parameter key",
+        MINIMAL + "[params]\ndropout = { low = 0.0, hihg = 0.5 }\n",
+        r"\[params\] dropout: unknown key 'hihg'",
+    ),
+    (
+        "a parameter given as a bare list",
+        MINIMAL + "[params]\ndropout = [0.0, 0.5]\n",
+        r"\[params\] dropout: expected \{ low, high \}",
+    ),
+    (
         "cnn without a dataset",
         "name = 'c'\n[workload]\nname = 'cnn'\n[budget]\ntrials = 1\n",
         r"\[workload.options\] dataset",

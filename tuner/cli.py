@@ -58,13 +58,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _best(args: argparse.Namespace) -> int:
     from tuner.study.best import best_config
-    from tuner.views.display import describe_seeds
+    from tuner.views.display import describe_seeds, format_param
 
     config = best_config(args.study, optimizer=args.optimizer, storage=args.storage)
     if args.json:
-        from dataclasses import asdict
-
-        print(json.dumps(asdict(config), indent=2))
+        print(json.dumps(config.to_dict(), indent=2))
         return 0
     from rich.console import Console
     from rich.markup import escape
@@ -100,6 +98,7 @@ def _best(args: argparse.Namespace) -> int:
             if config.lookahead is None
             else f"k={config.lookahead[0]}, alpha={config.lookahead[1]:.3g}",
         ),
+        *[(name, escape(format_param(value))) for name, value in config.params.items()],
     ]:
         table.add_row(key, value)
     console = Console()

@@ -7,14 +7,15 @@ the same code that trained it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
 
     from tuner.search.schedules import Scheduler
+    from tuner.search.stepper import Stepper
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +35,8 @@ class TrainingConfig:
         batch_size: mini-batch size, or None where the workload has no data.
         lookahead: (k, alpha) of a Lookahead wrapper, or None.
         schedule_free: the optimizer needs ``train()``/``eval()`` calls (Schedule-Free AdamW).
+        params: the user's own parameters (``[params]`` and ``trial.suggest_*``, see
+            tuner.search.params) in natural units, by the names the user chose.
     """
 
     optimizer: str
@@ -48,6 +51,7 @@ class TrainingConfig:
     batch_size: int | None = None
     lookahead: tuple[int, float] | None = None
     schedule_free: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
 
     def build_optimizer(
         self, params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
@@ -83,9 +87,24 @@ class TrainingConfig:
             optimizer, self.schedule, steps_per_epoch, epochs, self.warmup_fraction, direction
         )
 
+    def build_stepper(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        steps_per_epoch: int,
+        epochs: int,
+        direction: Literal["minimize", "maximize"] | None = None,
+    ) -> Stepper:
+        """The optimizer and schedule behind one object that a plain loop calls after
+        ``backward()`` and at each epoch's end, whatever the configuration (clipping,
+        ``plateau``, Schedule-Free, Lookahead): see tuner.search.stepper."""
+        from tuner.search.stepper import Stepper
+
+        return Stepper(self, params, steps_per_epoch, epochs, direction)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (what a trial records)."""
-        return asdict(self)
+        # `params` may be read-only (`BestConfig`), which asdict cannot copy.
+        return {**asdict(replace(self, params={})), "params": dict(self.params)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:

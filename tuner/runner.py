@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from tuner.errors import (
     ExecutionError,
+    SpecError,
     StorageError,
     StorageUnreachableError,
     StudyNotFoundError,
@@ -171,6 +172,11 @@ def run(
         return finished
     if not spec.execution.ray_address:  # on a cluster the data lives on the workers' nodes
         preflight(spec.workload)
+        if spec.execution.trials_per_worker != 1 and spec.declared_params():
+            from tuner.execution.stacked import shape_changing_param
+
+            if (reason := shape_changing_param(spec)) is not None:
+                raise SpecError(reason)
     sources = warm_start_sources(spec, url)
     from tuner.execution.ray import run_on_ray, start_ray
 

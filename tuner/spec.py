@@ -36,6 +36,7 @@ from tuner.search.optimizers import (
     import_target,
     knob,
 )
+from tuner.search.params import Param, parse_param, reserved
 from tuner.search.pruners import PRUNERS
 from tuner.search.samplers import SAMPLERS
 from tuner.search.schedules import SCHEDULES
@@ -276,12 +277,17 @@ class StudySpec(_Model):
     workload: WorkloadSpec
     search: SearchSpec = Field(default_factory=SearchSpec)
     optimizers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    #: The user's own parameters (tuner.search.params), as the file gives them.
+    params: dict[str, Any] = Field(default_factory=dict)
     budget: BudgetSpec
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     #: The searched optimizers as resolved at validation: every trial samples from these.
     _choices: list[OptimizerSpec] = PrivateAttr(default_factory=list)
+    #: The ``[params]`` entries as read at validation.
+    _params: dict[str, Param] = PrivateAttr(default_factory=dict)
+    _knobs: set[str] = PrivateAttr(default_factory=set)
 
     @field_validator("name")
     @classmethod
@@ -319,12 +325,34 @@ class StudySpec(_Model):
             resolved[name] = resolve_optimizer(name, table)
             _check_with_library(resolved[name])
         self._choices = [resolved[name] for name in self.search.optimizers]
+        # Every optimizer's knobs, searched here or not: `momentum` is tuner's name everywhere.
+        self._knobs = {
+            name
+            for choice in (*resolved.values(), *REGISTRY.values())
+            for name in (*choice.knobs, *choice.fixed)
+        }
+        for name, raw in self.params.items():
+            try:
+                if (why := reserved(name, self._knobs)) is not None:
+                    raise ValueError(why)
+                self._params[name] = parse_param(name, raw)
+            except ValueError as error:
+                raise ValueError(f"[params] {name}: {error}") from None
         return self
 
     def optimizer_choices(self) -> list[OptimizerSpec]:
         """The searched optimizers with their final ranges (registry entries merged with the
         file's tables), in the order of the file."""
         return list(self._choices)
+
+    def declared_params(self) -> dict[str, Param]:
+        """The user's ``[params]``, read, in the order of the file."""
+        return dict(self._params)
+
+    def reserved(self, name: str) -> str | None:
+        """Why `name` cannot be a parameter of the user's (tuner's own, or an optimizer
+        knob's), or None when it can."""
+        return reserved(name, self._knobs)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data, for recording in the study (a study says how it was made)."""

@@ -18,17 +18,19 @@ from tuner.workloads.datasets import load_dataset
 
 
 class DigitsClassifier(lightning.LightningModule):
-    """A small CNN whose optimizer and schedule come from a tuner configuration."""
+    """A small CNN whose channels (the study's [params]), optimizer and schedule come from a
+    tuner configuration."""
 
     def __init__(self, config, direction: str = "maximize"):
         super().__init__()
         self.config, self.direction = config, direction
+        channels = config.params["channels"]
         self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 16, 3, padding=1),
+            torch.nn.Conv2d(1, channels, 3, padding=1),
             torch.nn.ReLU(),
             torch.nn.MaxPool2d(2),
             torch.nn.Flatten(),
-            torch.nn.Linear(16 * 4 * 4, 10),
+            torch.nn.Linear(channels * 4 * 4, 10),
         )
 
     def training_step(self, batch, index):
@@ -86,7 +88,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     best = tuner.best_config("example-lightning", storage=args.storage)
     print(
-        f"best of the study: {best.optimizer}, lr {best.learning_rate:.3g}, batch {best.batch_size}"
+        f"best of the study: {best.optimizer}, lr {best.learning_rate:.3g}, "
+        f"batch {best.batch_size}, {dict(best.params)}"
     )
     accuracy = fit(best, args.epochs)
     print(f"trained with the winner for {args.epochs} epochs: val_accuracy {accuracy:.3f}")

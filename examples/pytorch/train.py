@@ -26,30 +26,38 @@ def loaders(batch_size: int) -> tuple[DataLoader, DataLoader]:
     return DataLoader(train_set, batch_size, shuffle=True), DataLoader(val_set, batch_size=512)
 
 
-def fit(config, epochs: int, device: torch.device, report=None) -> float:
-    """Train an MLP with `config`'s optimizer and schedule; return the validation accuracy."""
+def fit(config, epochs: int, device: torch.device, report=None, direction=None) -> float:
+    """Train an MLP of `config`'s width and dropout (the study's [params]) with its optimizer
+    and schedule; return the validation accuracy."""
     train_loader, val_loader = loaders(config.batch_size)
+    width = config.params["width"]
     model = torch.nn.Sequential(
-        torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+        torch.nn.Linear(64, width),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(config.params["dropout"]),
+        torch.nn.Linear(width, 10),
     ).to(device)
-    optimizer = config.build_optimizer(model.parameters())
-    scheduler = config.build_scheduler(optimizer, len(train_loader), epochs)
+    # The optimizer and schedule, stepped as the configuration needs (clipping, plateau,
+    # Schedule-Free's train/eval), so this loop works for whatever the study draws.
+    stepper = config.build_stepper(model.parameters(), len(train_loader), epochs, direction)
     accuracy = 0.0
     for epoch in range(1, epochs + 1):
         model.train()
+        stepper.train()
         for images, labels in train_loader:
-            optimizer.zero_grad()
+            stepper.zero_grad()
             loss = torch.nn.functional.cross_entropy(model(images.to(device)), labels.to(device))
             loss.backward()
-            optimizer.step()
-            scheduler.step()
+            stepper.step()
         model.eval()
+        stepper.eval()
         with torch.no_grad():
             correct = sum(
                 (model(images.to(device)).argmax(1) == labels.to(device)).sum().item()
                 for images, labels in val_loader
             )
         accuracy = correct / len(val_loader.dataset)
+        stepper.end_epoch(accuracy)
         if report is not None:
             report({"val_accuracy": accuracy, "train_loss": loss.item()}, epoch)
     return accuracy
@@ -57,7 +65,7 @@ def fit(config, epochs: int, device: torch.device, report=None) -> float:
 
 def train(trial) -> None:
     """One trial: what `[workload] name = "train:train"` names."""
-    fit(trial.config, trial.epochs, trial.device, trial.report)
+    fit(trial.config, trial.epochs, trial.device, trial.report, trial.direction)
 
 
 if __name__ == "__main__":
@@ -67,7 +75,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     best = tuner.best_config("example-pytorch", storage=args.storage)
     print(
-        f"best of the study: {best.optimizer}, lr {best.learning_rate:.3g}, batch {best.batch_size}"
+        f"best of the study: {best.optimizer}, lr {best.learning_rate:.3g}, "
+        f"batch {best.batch_size}, {dict(best.params)}"
     )
     accuracy = fit(best, args.epochs, torch.device("cpu"))
     print(f"trained with the winner for {args.epochs} epochs: val_accuracy {accuracy:.3f}")

@@ -29,7 +29,8 @@ def accuracy(prediction) -> dict[str, float]:
 
 
 def fit(config, epochs: int, callbacks=(), seed: int = 0) -> float:
-    """Train a ViT with `config`; return the last evaluation accuracy."""
+    """Train a ViT with `config` (its dropout from the study's [params]); return the last
+    evaluation accuracy."""
     digits = load_dataset("digits")  # ships with scikit-learn: no download
     train_set = examples(digits.train_images, digits.train_labels)
     torch.manual_seed(seed)
@@ -43,6 +44,7 @@ def fit(config, epochs: int, callbacks=(), seed: int = 0) -> float:
             num_attention_heads=2,
             intermediate_size=64,
             num_labels=10,
+            hidden_dropout_prob=config.params["hidden_dropout_prob"],
         )
     )
     with tempfile.TemporaryDirectory() as output_dir:
@@ -83,7 +85,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     best = tuner.best_config("example-transformers", storage=args.storage)
     print(
-        f"best of the study: {best.optimizer}, lr {best.learning_rate:.3g}, batch {best.batch_size}"
+        f"best of the study: {best.optimizer}, lr {best.learning_rate:.3g}, "
+        f"batch {best.batch_size}, {dict(best.params)}"
     )
     result = fit(best, args.epochs)
     print(f"trained with the winner for {args.epochs} epochs: eval_accuracy {result:.3f}")

@@ -22,6 +22,7 @@ import tuner
 from tests.processes import alive
 from tests.test_faults import assert_finished_with_retries, running_by, wait_for
 from tuner.cli import main
+from tuner.execution.output import Tail
 from tuner.execution.worker import run_worker
 from tuner.runner import with_overrides
 from tuner.spec import StudySpec, load_spec
@@ -186,16 +187,20 @@ def test_bad_reports_fail_their_trial_with_the_exact_reason(
             if trial.number == 2:
                 trial.report({"val_loss": 1.0}, 1)
                 trial.report({"val_loss": math.nan}, 2)
+            if trial.number == 4:
+                return "hello"
+            if trial.number == 5:
+                trial.suggest_float("learning_rate", 0.1, 1.0)  # tuner's own name
             return {"val_loss": 0.25}
         """
     spec = load_spec(
         project(
             tmp_path,
             {f"{module}.py": code},
-            function_study("bad-reports", module, "[budget]\ntrials = 4\nepochs = 2\n"),
+            function_study("bad-reports", module, "[budget]\ntrials = 6\nepochs = 2\n"),
         )
     )
-    wrong, silent, diverged, returned = run_here(spec, sqlite_url)
+    wrong, silent, diverged, returned, text, reserved = run_here(spec, sqlite_url)
     assert wrong.state == TrialState.FAIL
     assert (
         "reported accuracy in epoch 1, not the study's metric 'val_loss'"
@@ -206,6 +211,13 @@ def test_bad_reports_fail_their_trial_with_the_exact_reason(
     assert "diverged in epoch 2" in diverged.user_attrs["diverged"]  # never a result
     assert not is_result(diverged)
     assert returned.state == TrialState.COMPLETE and returned.value == 0.25
+    assert text.state == TrialState.FAIL
+    assert text.user_attrs["fail_reason"] == "TypeError: train() returned 'hello', not a number"
+    assert reserved.state == TrialState.FAIL
+    assert (
+        "trial.suggest_*('learning_rate'): one of tuner's own"
+        in (reserved.user_attrs["fail_reason"])
+    )
 
 
 def test_a_failing_script_is_a_fail_with_its_stderr_and_keeps_its_output(
@@ -239,6 +251,51 @@ def test_a_failing_script_is_a_fail_with_its_stderr_and_keeps_its_output(
     assert {"trial_1_stdout.txt", "trial_1_stderr.txt"} <= failed_names
 
 
+def test_a_functions_output_is_kept_and_ends_its_failure(tmp_path: Path, sqlite_url: str) -> None:
+    module = unique("noisy")
+    code = """
+        import sys
+
+        def train(trial):
+            print(f"training trial {trial.number}")
+            print("a warning on stderr", file=sys.stderr)
+            if trial.number == 1:
+                print("loss went up, giving up")
+                raise RuntimeError("gave up")
+            return 0.5
+        """
+    study = function_study("noisy", module, "[budget]\ntrials = 2\nepochs = 1\n")
+    ok, failed = run_here(load_spec(project(tmp_path, {f"{module}.py": code}, study)), sqlite_url)
+    assert ok.state == TrialState.COMPLETE and failed.state == TrialState.FAIL
+    reason = failed.user_attrs["fail_reason"]
+    assert reason.startswith("RuntimeError: gave up\noutput ends:\n")
+    assert reason.endswith("training trial 1\na warning on stderr\nloss went up, giving up")
+    from optuna.artifacts import download_artifact, get_all_artifact_meta
+
+    from tuner.storage.artifacts import artifact_store
+
+    storage = open_storage(sqlite_url)
+    kept = {meta.filename: meta for meta in get_all_artifact_meta(ok, storage=storage)}
+    assert set(kept) == {"trial_0_stdout.txt", "trial_0_stderr.txt"}
+    copy = tmp_path / "stdout.txt"
+    download_artifact(
+        artifact_store=artifact_store(storage),
+        artifact_id=kept["trial_0_stdout.txt"].artifact_id,
+        file_path=str(copy),
+    )
+    assert copy.read_text() == "training trial 0\n"
+
+
+def test_kept_output_is_bounded_to_its_tail() -> None:
+    tail = Tail(limit=10)
+    for chunk in ("0123456789", "abc", "de", "fghij"):
+        tail.add(chunk)
+    assert tail.text() == "abcdefghij" and tail.cut
+    short = Tail(limit=10)
+    short.add("abc")
+    assert short.text() == "abc" and not short.cut
+
+
 @pytest.mark.parametrize(
     "workload, files, message",
     [
@@ -247,6 +304,12 @@ def test_a_failing_script_is_a_fail_with_its_stderr_and_keeps_its_output(
             'name = "{module}:train"',
             {"{module}.py": "def train(a, b, c):\n    pass\n"},
             "takes (a, b, c); a training function takes (trial)",
+        ),
+        (
+            'name = "{module}:train"',
+            {"{module}.py": "def train(trial, extra):\n    pass\n"},
+            "takes (trial, extra); a training function takes (trial), a workload factory "
+            "(options, context)",
         ),
         (
             'command = ["python", "missing.py"]',

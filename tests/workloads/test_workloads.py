@@ -193,7 +193,10 @@ def test_user_code_is_a_function_or_a_factory_by_its_signature() -> None:
     [
         ("no_colon", r"is not of the form 'module:function'"),
         ("surely_absent_module:train", r"no module 'surely_absent_module' in .*put "),
-        ("tests.workloads:absent", r"module 'tests.workloads' .* has no 'absent'"),
+        (
+            "tests.workloads.factories:absent",
+            r"module 'tests.workloads.factories' .* has no 'absent'",
+        ),
     ],
 )
 def test_a_bad_user_target_says_where_it_looked(target: str, message: str) -> None:

@@ -30,6 +30,7 @@ import optuna
 import torch
 
 from tuner.config import TrainingConfig
+from tuner.execution.output import TAIL_LINES, keep_files
 from tuner.execution.script_guard import GRACE_SECONDS
 from tuner.execution.train import TrainingRecord, TrialDiverged
 from tuner.execution.trial import Trial, final_value
@@ -42,8 +43,6 @@ logger = logging.getLogger(__name__)
 TRIAL_VARIABLE = "TUNER_TRIAL"
 #: The user attribute where a script's `report` leaves why it stopped (pruned or diverged).
 STOP_ATTRIBUTE = "script_stop"
-#: Lines of stderr kept in a failed script's fail_reason.
-STDERR_TAIL_LINES = 20
 
 
 class ScriptFailed(Exception):
@@ -138,8 +137,8 @@ def run_script(spec: StudySpec, storage_url: str, trial: Trial) -> float:
                 status = process.wait()
             finally:  # also after a clean exit: nothing the script started outlives its trial
                 _end_group(process)
-        _keep_output(trial, [stdout_path, stderr_path])
-        tail = stderr_path.read_text(errors="replace").splitlines()[-STDERR_TAIL_LINES:]
+        keep_files(trial.optuna_trial, [stdout_path, stderr_path])
+        tail = stderr_path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
     return _settle_script(trial, command, status, tail)
 
 
@@ -179,21 +178,3 @@ def _end_group(process: subprocess.Popen) -> None:
             process.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             continue
-
-
-def _keep_output(trial: Trial, paths: list[Path]) -> None:
-    """Upload the script's stdout and stderr as the trial's artifacts (what the dashboard
-    lists); a failure to do so is logged, never the trial's failure."""
-    from optuna.artifacts import upload_artifact
-
-    from tuner.storage.artifacts import artifact_store
-
-    try:
-        store = artifact_store(trial.optuna_trial.storage)
-        for path in paths:
-            if path.stat().st_size:
-                upload_artifact(
-                    artifact_store=store, file_path=str(path), study_or_trial=trial.optuna_trial
-                )
-    except Exception as error:
-        logger.warning("trial %d: script output not kept: %s", trial.number, error)

@@ -23,6 +23,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from tuner.config import TrainingConfig
 from tuner.execution.train import EpochResult, parameter_norm
+from tuner.search.params import Param
 from tuner.search.schedules import steps_per_epoch_scheduler
 from tuner.search.vectorized_optimizers import (
     VectorizedOptimizer,
@@ -45,8 +46,11 @@ def can_stack(trainable: object) -> bool:
 
 
 def stack_key(config: TrainingConfig, settings: VectorizedSettings) -> Hashable:
-    """What trials must share to be stacked together."""
-    return (settings.rule.target, settings.flags, config.batch_size)
+    """What trials must share to be stacked together: the stack runs one model's forward
+    pass (its template's), so also the values of the user's parameters, which the model may
+    read beyond its shapes (a dropout rate)."""
+    params = tuple(sorted(config.params.items()))
+    return (settings.rule.target, settings.flags, config.batch_size, params)
 
 
 @dataclass
@@ -122,7 +126,9 @@ class StackedTrials:
         torch.manual_seed(seed)
         trainable = build_trainable(
             self.spec.workload,
-            TrialContext(seed=seed, device=self.device, batch_size=self.batch_size),
+            TrialContext(
+                seed=seed, device=self.device, batch_size=self.batch_size, params=config.params
+            ),
         )
         rates, plateau = learning_rate_table(
             config, trainable.steps_per_epoch(), self.spec.budget.epochs, self.spec.direction
@@ -247,3 +253,43 @@ class StackedTrials:
         scale = (max_norm / (norms + _CLIP_EPSILON)).clamp(max=1.0)
         for grad in grads:
             grad.mul_(per_slot(scale, grad))
+
+
+def _ends(param: Param) -> tuple[object, object]:
+    """A declared parameter's two most different values: its range's ends, its first and
+    last choices, or its fixed value twice."""
+    if param.kind == "categorical":
+        return param.choices[0], param.choices[-1]
+    if param.kind == "fixed":
+        return param.value, param.value
+    if param.kind == "int":
+        return int(param.low), int(param.high)
+    return param.low, param.high
+
+
+def shape_changing_param(spec: StudySpec) -> str | None:
+    """Why the study's trials cannot be stacked (its model's shapes depend on one of the
+    user's ``[params]``), or None. Each parameter is tried at both ends, the others at their
+    first value, on the CPU: stacked trials share one model's shapes (tuner.execution.stacked).
+    """
+    params = spec.declared_params()
+    first = {name: _ends(param)[0] for name, param in params.items()}
+
+    def shapes(values: dict[str, object]) -> list[tuple[str, tuple[int, ...]]]:
+        context = TrialContext(
+            seed=spec.seed, device=torch.device("cpu"), batch_size=1, params=values
+        )
+        model = build_trainable(spec.workload, context).model
+        return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+
+    base = shapes(first) if params else []
+    for name, param in params.items():
+        low, high = _ends(param)
+        for value in (low, high):
+            if shapes({**first, name: value}) != base:
+                return (
+                    f"[params] {name}: the model's shapes change with it ({first[name]!r} and "
+                    f"{value!r} differ), and stacked trials share one model's shapes: set "
+                    "[execution] trials_per_worker = 1 (leave out --batch)"
+                )
+    return None

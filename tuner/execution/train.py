@@ -16,7 +16,6 @@ import optuna
 import torch
 
 from tuner.config import TrainingConfig
-from tuner.search.schedules import steps_per_epoch_scheduler
 from tuner.spec import StudySpec
 from tuner.study.results import is_confirmation_run
 from tuner.workloads import TrialContext, build_trainable
@@ -147,14 +146,16 @@ class TrialTraining:
         self.spec, self.config, self.device = spec, config, device
         self.trainable = build_trainable(
             spec.workload,
-            TrialContext(seed=seed, device=device, batch_size=config.batch_size or 1),
+            TrialContext(
+                seed=seed, device=device, batch_size=config.batch_size or 1, params=config.params
+            ),
         )
-        self.parameters = [p for p in self.trainable.model.parameters() if p.requires_grad]
-        self.optimizer = config.build_optimizer(self.parameters)
-        self.scheduler = config.build_scheduler(
-            self.optimizer, self.trainable.steps_per_epoch(), spec.budget.epochs, spec.direction
+        self.stepper = config.build_stepper(
+            self.trainable.model.parameters(),
+            self.trainable.steps_per_epoch(),
+            spec.budget.epochs,
+            spec.direction,
         )
-        self.per_epoch_scheduler = not steps_per_epoch_scheduler(self.scheduler)
         self.order = torch.Generator().manual_seed(seed)
         self._steps: Iterator[Callable[[], torch.Tensor]] | None = None
         self._start_loss: torch.Tensor | None = None  # on the device, read once per epoch
@@ -162,24 +163,19 @@ class TrialTraining:
     def step(self) -> bool:
         """Take one optimizer step; True when it was the last of an epoch."""
         if self._steps is None:  # an epoch begins
-            if self.config.schedule_free:
-                self.optimizer.train()
+            self.stepper.train()
             self._steps = iter(self.trainable.epoch(self.order))
             # Losses stay on the device and are summed there: reading each one back would
             # synchronise a GPU every step.
             self._loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
             self._step_count = 0
         step_loss = next(self._steps)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.stepper.zero_grad()
         loss = step_loss()
         loss.backward()
         if self._start_loss is None:
             self._start_loss = loss.detach().double()
-        if self.config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
-        self.optimizer.step()
-        if not self.per_epoch_scheduler:
-            self.scheduler.step()
+        self.stepper.step()
         self._loss_sum += loss.detach()
         self._step_count += 1
         return self._step_count == self.trainable.steps_per_epoch()
@@ -187,15 +183,13 @@ class TrialTraining:
     def end_epoch(self) -> EpochResult:
         """Evaluate after the epoch's last step (and step a per-epoch schedule)."""
         self._steps = None
-        if self.config.schedule_free:
-            self.optimizer.eval()
+        self.stepper.eval()
         train_loss = float(self._loss_sum) / max(self._step_count, 1)
         norm = parameter_norm(self.trainable.model.parameters())
         metrics = self.trainable.evaluate()
         value = metrics[self.spec.metric]
-        if self.per_epoch_scheduler and math.isfinite(value):
-            self.scheduler.step(value)
-        lr = self.optimizer.param_groups[0]["lr"]
+        self.stepper.end_epoch(value)
+        lr = self.stepper.optimizer.param_groups[0]["lr"]
         return EpochResult(train_loss, norm, metrics, lr, float(self._start_loss))
 
 

@@ -9,16 +9,19 @@ divergence, and the pruner's decision, read from the shared storage, stops the t
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
 import torch
 
 from tuner.config import TrainingConfig
+from tuner.execution.output import captured, keep_captured
 from tuner.execution.train import EpochResult, TrainingRecord, TrialDiverged, close_epoch
 from tuner.spec import StudySpec
+from tuner.storage import optuna_internals as internals
 
 
 class MetricNotReported(Exception):
@@ -37,6 +40,8 @@ class Trial:
         device: where to train (the worker's GPU, else the CPU).
         epochs: the study's ``[budget] epochs``: how many epochs to train and report.
         options: the study file's ``[workload.options]``.
+        params: the user's own parameters (tuner.search.params) sampled so far, by name:
+            the study file's ``[params]``, and those asked with ``suggest_*``.
         metric, direction: what the study optimises.
         optuna_trial: the Optuna trial underneath (its storage, its id).
         record: the learning curve so far, as the worker records it.
@@ -58,12 +63,49 @@ class Trial:
         self.config, self.seed, self.device = config, seed, device
         self.epochs = spec.budget.epochs
         self.options: dict[str, Any] = dict(spec.workload.options)
+        self.params: dict[str, Any] = dict(config.params)
         self.metric: str = spec.metric or ""
         self.direction = spec.direction
         #: The study's metric as last reported (NaN before the first report).
         self.value = math.nan
         #: Why the trial was stopped (pruned or diverged), once `report` has raised it.
         self.stopped: BaseException | None = None
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        """A float parameter of the user's, as Optuna's ``Trial.suggest_float`` (asked again,
+        the same value); stored under `name` and shown with the trial's results."""
+        return self._suggest(
+            name, lambda: self.optuna_trial.suggest_float(name, low, high, step=step, log=log)
+        )
+
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> int:
+        """An integer parameter of the user's, as Optuna's ``Trial.suggest_int``."""
+        return self._suggest(
+            name, lambda: self.optuna_trial.suggest_int(name, low, high, step=step, log=log)
+        )
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        """One of `choices`, as Optuna's ``Trial.suggest_categorical``."""
+        return self._suggest(name, lambda: self.optuna_trial.suggest_categorical(name, choices))
+
+    def _suggest(self, name: str, sample: Callable[[], Any]) -> Any:
+        """Sample through Optuna (which checks the distribution and repeats a value already
+        drawn), then record the parameter in the trial's configuration, so that results,
+        `best_config()` and the report show it like a declared one."""
+        if (why := self._spec.reserved(name)) is not None:
+            raise ValueError(f"trial.suggest_*({name!r}): {why}")
+        value = sample()
+        if name not in self.params or self.params[name] != value:
+            self.params[name] = value
+            self.config = dataclasses.replace(self.config, params=dict(self.params))
+            self.optuna_trial.storage.set_trial_user_attr(
+                internals.trial_id(self.optuna_trial), "config", self.config.to_dict()
+            )
+        return value
 
     def report(self, metrics: Mapping[str, float] | float, epoch: int) -> None:
         """Record one epoch's metrics (a number is the study's metric) after `epoch` epochs.
@@ -103,15 +145,27 @@ class Trial:
 
 def run_function(function: Callable[[Trial], Any], trial: Trial) -> float:
     """Call the user's ``train(trial)`` and return the trial's value: what it returns (a
-    number, or a mapping holding the study's metric), else the last reported value.
+    number, or a mapping holding the study's metric), else the last reported value. What it
+    prints is kept (tuner.execution.output).
 
     Raises:
         optuna.TrialPruned: the pruner stopped it (even if the function caught the exception).
         TrialDiverged: it reported or returned a non-finite value.
         MetricNotReported: it returned nothing and never reported the study's metric.
+        TypeError: it returned something that is not a number.
     """
     torch.manual_seed(trial.seed)
-    returned = function(trial)
+    with captured() as output:
+        try:
+            returned = function(trial)
+        except Exception as error:
+            # Its reason (tuner.execution.worker.settle) ends with the last lines it printed.
+            lines = output.last_lines()
+            if lines and not isinstance(error, optuna.TrialPruned | TrialDiverged):
+                error.add_note(f"output ends:\n{lines}")
+            raise
+        finally:
+            keep_captured(trial.optuna_trial, output)
     if trial.stopped is not None:  # the function swallowed the stop and returned
         raise trial.stopped
     return final_value(trial, returned, "train()")
@@ -133,7 +187,12 @@ def final_value(trial: Trial, returned: Any, what: str) -> float:
                 f"trial.report({{{trial.metric!r}: value}}, epoch) or return the value"
             )
         return trial.value
-    value = float(returned)
+    try:
+        if isinstance(returned, str | bytes):  # float("0.5") would read a string as a number
+            raise TypeError
+        value = float(returned)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} returned {returned!r}, not a number") from None
     if not math.isfinite(value):
         raise TrialDiverged(f"diverged: {what} returned {trial.metric} {value}")
     return value

@@ -194,7 +194,9 @@ def settle(run: Callable[[], float]) -> tuple[TrialState, float | None, str | No
         raise
     except Exception as error:
         logger.error("trial failed:\n%s", traceback.format_exc())
-        return TrialState.FAIL, None, f"{type(error).__name__}: {error}"
+        # Notes say more of the failure: a training function's last printed lines.
+        notes = "".join(f"\n{note}" for note in getattr(error, "__notes__", ()))
+        return TrialState.FAIL, None, f"{type(error).__name__}: {error}{notes}"
 
 
 class _Running:

@@ -26,6 +26,7 @@ import optuna
 
 from tuner.config import TrainingConfig
 from tuner.search.optimizers import Knob, knob
+from tuner.search.params import suggest_param
 from tuner.spec import StudySpec, bounds
 from tuner.workloads import uses_batches
 
@@ -163,7 +164,9 @@ def _toggle(trial: optuna.Trial, name: str, mode: str) -> bool:
 
 
 def sample_config(trial: optuna.Trial, spec: StudySpec) -> TrainingConfig:
-    """Sample one trial's configuration from the study's search space."""
+    """Sample one trial's configuration from the study's search space: the optimizer's
+    knobs, then the user's declared ``[params]`` (define-by-run ones come later, as the
+    user's code asks for them: tuner.execution.trial)."""
     search = spec.search
     choices = {choice.name: choice for choice in spec.optimizer_choices()}
     choice = choices[trial.suggest_categorical("optimizer", list(choices))]
@@ -214,6 +217,8 @@ def sample_config(trial: optuna.Trial, spec: StudySpec) -> TrainingConfig:
             float(suggest(trial, "lookahead_alpha", LOOKAHEAD_ALPHA)),
         )
 
+    params = {name: suggest_param(trial, name, p) for name, p in spec.declared_params().items()}
+
     return TrainingConfig(
         optimizer=choice.name,
         target=choice.target,
@@ -227,4 +232,5 @@ def sample_config(trial: optuna.Trial, spec: StudySpec) -> TrainingConfig:
         batch_size=batch_size,
         lookahead=lookahead,
         schedule_free=choice.schedule_free,
+        params=params,
     )

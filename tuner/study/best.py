@@ -8,6 +8,7 @@ scheduler = cfg.build_scheduler(optimizer, steps_per_epoch=len(loader), epochs=5
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 from tuner.config import TrainingConfig
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 @dataclass(frozen=True, kw_only=True)
 class BestConfig(TrainingConfig):
     """A `TrainingConfig` with where it came from and the value it reached.
+
+    Its ``params`` (the user's own parameters, ``[params]`` and ``trial.suggest_*``) is a
+    read-only mapping in natural units: ``cfg.params["dropout"]``; empty for a study without
+    any.
 
     Attributes:
         study: the study's name.
@@ -95,8 +100,11 @@ def best_config(
         raise EmptyStudyError(f"study {study!r} has no completed trial{which} yet")
     ranked = next(iter(best.values()))
     config = TrainingConfig.from_dict(ranked.trial.user_attrs["config"])
+    fields = {name: getattr(config, name) for name in TrainingConfig.__dataclass_fields__}
+    # Read-only: a caller's change would no longer be the study's winner.
+    fields["params"] = MappingProxyType(dict(config.params))
     return BestConfig(
-        **{name: getattr(config, name) for name in TrainingConfig.__dataclass_fields__},
+        **fields,
         study=study,
         trial_number=ranked.trial.number,
         value=float(ranked.trial.value),

@@ -166,12 +166,16 @@ def misfit(trial: FrozenTrial, spec: StudySpec, *, exact: bool) -> str | None:
             here_config = sample_config(fixed, spec)  # type: ignore[arg-type]
         except ValueError as error:  # a parameter this space needs, or an unknown choice
             return str(error).split(". Please")[0]
-    extra = sorted(set(trial.params) - set(fixed.distributions))
+    there_config = trial_config(trial)
+    # The user's parameters that this study does not declare are asked for by its code while
+    # it trains (trial.suggest_*): nothing here says their distribution, and Optuna checks a
+    # queued value against it when the code asks.
+    asked = set(there_config.params if there_config else ()) - set(spec.declared_params())
+    extra = sorted(set(trial.params) - set(fixed.distributions) - asked)
     if extra:
         return f"{extra[0]} is not searched here"
     # A knob sampled as its position in the optimizer's range (tuner.search.space) has the same
     # distribution in both studies even where the range differs: the configuration decides.
-    there_config = trial_config(trial)
     if there_config is not None:
         for name in ("learning_rate", "momentum", "weight_decay"):
             there, here = getattr(there_config, name), getattr(here_config, name)

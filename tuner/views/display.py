@@ -7,6 +7,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -152,7 +153,8 @@ def format_knob(value: float) -> str:
 
 
 def describe_config(config: TrainingConfig | None) -> str:
-    """A configuration on one line: lr, momentum, other knobs, schedule, clipping, batch."""
+    """A configuration on one line: lr, momentum, other knobs, schedule, clipping, batch,
+    then the user's own parameters by their names."""
     if config is None:
         return ""
     parts = [f"lr={config.learning_rate:.3g}"]
@@ -172,7 +174,13 @@ def describe_config(config: TrainingConfig | None) -> str:
         parts.append(f"batch={config.batch_size}")
     if config.lookahead:
         parts.append(f"lookahead(k={config.lookahead[0]}, α={config.lookahead[1]:.2g})")
+    parts += [f"{name}={format_param(value)}" for name, value in config.params.items()]
     return ", ".join(parts)
+
+
+def format_param(value: Any) -> str:
+    """A user's parameter short: a float to 4 significant digits, anything else as it is."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def describe_seeds(mean: float | None, spread: float | None, seeds: int, failed: int) -> str:

@@ -7,7 +7,7 @@ loss closures, steps the optimizer after each, and asks it to evaluate after eac
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
@@ -24,11 +24,13 @@ class Options(BaseModel):
 
 @dataclass(frozen=True)
 class TrialContext:
-    """What a workload may depend on besides its options."""
+    """What a workload may depend on besides its options: ``params`` holds the user's own
+    parameters the trial sampled (the study file's ``[params]``, tuner.search.params)."""
 
     seed: int
     device: torch.device
     batch_size: int
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Trainable(Protocol):

@@ -7,7 +7,7 @@ spec when it is loaded, so every Ray worker and ``tuner worker`` finds the modul
 found), then from ``sys.path``. What the object is follows from its signature, which is
 unambiguous: one required parameter, ``train(trial)``, is a training function that owns its
 loop (tuner.execution.trial); two, ``factory(options, context)``, is a factory of a `Trainable` that
-tuner's loop drives.
+tuner's loop drives; any other (``train(trial, extra)`` too) is refused before the study exists.
 """
 
 from __future__ import annotations
@@ -136,7 +136,9 @@ def kind(target: str, value: Any) -> Kind:
     ]
     if len(required) == 1:
         return "function"
-    if len(required) == 2:
+    # A first parameter named trial says a training function with one parameter too many
+    # (`train(trial, extra)`), not a factory whose options would arrive as `trial`.
+    if len(required) == 2 and required[0].name != "trial":
         return "factory"
     names = ", ".join(p.name for p in required)
     raise ValueError(
