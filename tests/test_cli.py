@@ -197,7 +197,7 @@ def test_best_table_and_summary_hints_show_brackets_and_the_storage(
     from tuner.spec import load_spec
     from tuner.storage.rdb import open_storage
     from tuner.study import lifecycle as studies
-    from tuner.views.display import print_summary
+    from tuner.views.display import print_summary, tuner_command
 
     overrides = ["budget.trials=4", "budget.epochs=2", "pruner.name='none'"]
     spec = load_spec(QUICKSTART, [*overrides, "search.optimizers=['momentum', 'nesterov']"])
@@ -217,7 +217,9 @@ def test_best_table_and_summary_hints_show_brackets_and_the_storage(
     console = Console(record=True, width=200)
     print_summary(console, study, f"sqlite:///{default_storage_path()}")
     out = console.export_text()
-    assert "tuner best quickstart\n" in out and out.rstrip().endswith("dashboard: tuner dashboard")
+    tuner = tuner_command()  # `tuner`, or the script's path where PATH does not find it
+    assert f"{tuner} best quickstart\n" in out
+    assert out.rstrip().endswith(f"dashboard: {tuner} dashboard")
     # A password never shows; the URL is quoted for the shell.
     console = Console(record=True, width=200)
     print_summary(console, study, "postgresql+psycopg://alice:hunter2@db/tuner")
