@@ -11,13 +11,16 @@ import pytest
 from optuna.trial import TrialState
 
 from tuner.storage import artifacts
+from tuner.storage import optuna_internals as internals
 from tuner.storage.artifacts import LearningCurveRecorder
+from tuner.storage.rdb import open_storage
 
 
 def test_the_plot_is_drawn_by_a_background_thread_under_the_id_the_trial_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'studies.db'}")
+    storage = open_storage(f"sqlite:///{tmp_path / 'studies.db'}")
+    study = optuna.create_study(storage=storage)
     drawn_on: list[str] = []
     real_plot = artifacts.plot_curve
 
@@ -30,7 +33,9 @@ def test_the_plot_is_drawn_by_a_background_thread_under_the_id_the_trial_names(
     curve = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e} for e in (1, 2, 3)]
     for _ in range(3):
         trial = study.ask()
-        recorder.record(trial, TrialState.COMPLETE, curve, seconds=5.0, title="trial")
+        named = recorder.record(trial, TrialState.COMPLETE, curve, seconds=5.0, title="trial")
+        # The worker writes the attribute naming the artifact with the trial's others.
+        storage.set_trial_attrs(internals.trial_id(trial), {}, named)
         study.tell(trial, 0.0)  # told while its plot may still be drawing
     recorder.finish()
 

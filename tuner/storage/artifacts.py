@@ -2,7 +2,8 @@
 
 Every COMPLETE trial gets its learning curve (train loss and validation metrics per epoch) as an
 Optuna artifact, which optuna-dashboard shows on the trial's page. The worker is handed a
-`TrialRecorder` and calls it before it tells the study the result; `LearningCurveRecorder`
+`TrialRecorder` and calls it before it tells the study the result, and writes the attribute
+naming the artifact with the trial's others, in one transaction; `LearningCurveRecorder`
 uploads a PNG plot of a few KB, or for trials quicker than the plot itself, the numbers as
 CSV. A failed upload is logged and never fails the trial.
 
@@ -84,10 +85,12 @@ class TrialRecorder(Protocol):
 
     def record(
         self, trial: optuna.Trial, state: TrialState, curve: Curve, seconds: float, title: str
-    ) -> None:
+    ) -> dict[str, Any]:
         """Record a trial that ended in `state` after training `seconds`, under `title` (what
         the worker knows of it in natural units: its optimizer and learning rate); called
-        before the study is told (a finished trial takes no more attributes)."""
+        before the study is told (a finished trial takes no more attributes). Returns the
+        system attributes that name the record, which the worker writes with the trial's
+        others."""
 
     def finish(self) -> None:
         """Wait for records still being written; the worker calls it before it returns."""
@@ -102,8 +105,8 @@ class LearningCurveRecorder:
     as a warning.
 
     The plot is drawn off the trial's path (it cost 0.3–0.8 s a trial on 2 busy cores,
-    bench/overhead.py): `record` attaches the artifact to the trial at once (Optuna's
-    upload_artifact, which sets the trial's attribute naming it), and one background thread
+    bench/overhead.py): `record` names the artifact at once (Optuna's upload_artifact, whose
+    attribute naming it the worker writes with the trial's others), and one background thread
     draws the PNG and writes it under that artifact's id while the worker trains the next
     trial. Until then the dashboard finds no file for it. `finish` waits for the drawings.
     """
@@ -114,9 +117,10 @@ class LearningCurveRecorder:
 
     def record(
         self, trial: optuna.Trial, state: TrialState, curve: Curve, seconds: float, title: str
-    ) -> None:
+    ) -> dict[str, Any]:
+        attributes = _Attributes()
         if state is not TrialState.COMPLETE or not curve:
-            return
+            return attributes.system_attrs
         try:
             from optuna.artifacts import upload_artifact
 
@@ -133,9 +137,16 @@ class LearningCurveRecorder:
                         writer = csv.DictWriter(table, fieldnames=list(curve[-1]))
                         writer.writeheader()
                         writer.writerows(curve)
-                upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+                upload_artifact(
+                    artifact_store=store,
+                    file_path=str(path),
+                    study_or_trial=trial,
+                    storage=attributes,  # type: ignore[arg-type]
+                )
         except Exception as error:  # the result matters more than its picture
             _warn(trial.number, error)
+            return {}
+        return attributes.system_attrs
 
     def finish(self) -> None:
         self._drawings.join()
@@ -161,6 +172,18 @@ class LearningCurveRecorder:
                 _warn(title, error)
             finally:
                 self._drawings.task_done()
+
+
+class _Attributes:
+    """Takes the attribute Optuna's upload_artifact names the artifact by, the one storage
+    call it makes, for the worker to write with the trial's other attributes instead of in a
+    transaction of its own."""
+
+    def __init__(self) -> None:
+        self.system_attrs: dict[str, Any] = {}
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.system_attrs[key] = value
 
 
 class _LaterDrawing:
