@@ -11,6 +11,7 @@ from typing import Any
 import optuna
 import pytest
 import sqlalchemy
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from tests.specs import build_spec
@@ -214,12 +215,14 @@ class _KeptRecorder:
     def __init__(self) -> None:
         self.records: list[tuple[int, TrialState, int]] = []
         self.titles: dict[int, str] = {}
+        self.seconds: dict[int, float] = {}
 
     def record(
         self, trial: optuna.Trial, state: TrialState, curve: list, seconds: float, title: str
     ) -> dict[str, Any]:
         self.records.append((trial.number, state, len(curve)))
         self.titles[trial.number] = title
+        self.seconds[trial.number] = seconds
         return {}  # nothing to name on the trial
 
     def finish(self) -> None:
@@ -238,6 +241,10 @@ def test_the_worker_records_each_finished_trial_through_the_recorder_it_is_hande
     assert sorted(recorder.records) == [
         (trial.number, trial.state, len(trial.user_attrs["curve"])) for trial in trials
     ]
+    # Each was weighed by its training: within its wall time, which also holds its sampling,
+    # its database calls and its waits.
+    for trial in trials:
+        assert 0 < recorder.seconds[trial.number] < trial.user_attrs["wall_seconds"]
     # The recorder it was handed replaced the default: no learning curve was uploaded.
     assert not any(key.startswith("artifacts:") for t in trials for key in t.system_attrs)
     assert not (tmp_path / "artifacts").exists()
@@ -299,6 +306,7 @@ def test_a_trial_costs_no_more_commits_than_under_plain_optunas_optimize(
     study.optimize: the claim, the parameters, the attributes (configuration, constraint and
     learning-curve artifact in one transaction) and the result cost no more commits."""
     plain_name = f"{study_name}-optuna"
+    ours_storage, plain_storage = open_storage(storage_url), RDBStorage(storage_url)
 
     def spec_for(trials: int) -> StudySpec:
         return landscape_spec(
@@ -310,12 +318,8 @@ def test_a_trial_costs_no_more_commits_than_under_plain_optunas_optimize(
         )
 
     def create(trials: int) -> None:
-        studies.create_or_resume(spec_for(trials), open_storage(storage_url))
-        spec = spec_for(trials)
-        sampler = make_sampler(spec, spec.seed)
-        optuna.create_study(
-            study_name=plain_name, storage=storage_url, sampler=sampler, load_if_exists=True
-        )
+        studies.create_or_resume(spec_for(trials), ours_storage)
+        optuna.create_study(study_name=plain_name, storage=plain_storage, load_if_exists=True)
 
     def tuner(trials: int) -> None:
         run_worker(spec_for(trials), storage_url)
@@ -323,7 +327,7 @@ def test_a_trial_costs_no_more_commits_than_under_plain_optunas_optimize(
     def plain_optuna(trials: int) -> None:
         spec = spec_for(trials)
         study = optuna.load_study(
-            study_name=plain_name, storage=storage_url, sampler=make_sampler(spec, spec.seed)
+            study_name=plain_name, storage=plain_storage, sampler=make_sampler(spec, spec.seed)
         )
         objective = lambda trial: (sample_config(trial, spec), 1.0)[1]  # noqa: E731
         study.optimize(objective, n_trials=trials - len(study.trials))
@@ -332,8 +336,10 @@ def test_a_trial_costs_no_more_commits_than_under_plain_optunas_optimize(
         ours = _commits_per_trial(create, tuner)
         theirs = _commits_per_trial(create, plain_optuna)
     finally:
-        if plain_name in optuna.get_all_study_names(storage_url):
-            optuna.delete_study(study_name=plain_name, storage=storage_url)
+        if plain_name in optuna.get_all_study_names(plain_storage):
+            optuna.delete_study(study_name=plain_name, storage=plain_storage)
+        for storage in (ours_storage, plain_storage):
+            storage.engine.dispose()
     trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
     assert len(trials) == 12 and all(trial.state == TrialState.COMPLETE for trial in trials)
     # Each trial recorded its attributes, its constraint and its curve's artifact.

@@ -23,7 +23,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal, Protocol
@@ -136,6 +136,19 @@ class _Slot:
     config: TrainingConfig | None = None
     record: TrainingRecord = field(default_factory=TrainingRecord)
     epochs: int = 0
+    #: Seconds spent building, training and evaluating it: its wall time less sampling, the
+    #: database and waiting (a stack's step is shared out among its trials). What its
+    #: learning curve's picture is weighed against (tuner.storage.artifacts).
+    training_seconds: float = 0.0
+
+    @contextmanager
+    def training(self, share: int = 1) -> Iterator[None]:
+        """Count the block's time as this trial's training (a `share`-th of it)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.training_seconds += (time.perf_counter() - started) / share
 
 
 #: Trains one trial with the user's own loop (a training function or a command) to its end.
@@ -235,7 +248,8 @@ class _Running:
         def place() -> float:
             slot.config = sample_config(trial, self.spec)
             if self.user_loop is None:
-                self._place(trial.number, slot)
+                with slot.training():
+                    self._place(trial.number, slot)
             return 0.0
 
         state, _, reason = settle(place)
@@ -244,7 +258,8 @@ class _Running:
         elif self.user_loop is not None:
             # The user's code owns its loop: the trial trains to its end here, heartbeats on.
             handle = Trial(trial, self.spec, slot.config, slot.seed, self.device, slot.record)
-            state, value, reason = settle(partial(self.user_loop, handle))
+            with slot.training():  # the user's loop, its reports included
+                state, value, reason = settle(partial(self.user_loop, handle))
             slot.config = handle.config  # with the parameters the user's code suggested
             self._end(trial.number, state, value, reason)
 
@@ -254,7 +269,10 @@ class _Running:
         for key, group in list(self.groups.items()):
             state, ended, reason = TrialState.COMPLETE, [], None
             try:
-                ended = group.step()
+                with ExitStack() as timing:  # the step's time, shared by the group's trials
+                    for number in group.keys:
+                        timing.enter_context(self.slots[number].training(len(group.keys)))
+                    ended = group.step()
             except StorageUnreachableError:
                 raise
             except Exception as error:  # the group's shared step failed: so did its trials
@@ -315,11 +333,13 @@ class _Running:
         """Judge one trial's finished epoch; True when the trial has ended."""
         slot = self.slots[number]
         slot.epochs += 1
-        state, value, reason = settle(
-            lambda: close_epoch(
-                slot.trial, self.spec, slot.record, slot.epochs, group.end_epoch(number)
-            )
-        )
+
+        def judge() -> float:
+            with slot.training():
+                result = group.end_epoch(number)
+            return close_epoch(slot.trial, self.spec, slot.record, slot.epochs, result)
+
+        state, value, reason = settle(judge)
         if state is TrialState.COMPLETE and slot.epochs < self.spec.budget.epochs:
             return False
         self._end(number, state, value, reason)
@@ -381,7 +401,7 @@ def _finish(
     elif reason:
         attributes["fail_reason"] = reason
     # Before tell: a finished trial takes no more attributes.
-    system = recorder.record(trial, state, record.curve, attributes["wall_seconds"], _title(slot))
+    system = recorder.record(trial, state, record.curve, slot.training_seconds, _title(slot))
     if state is not TrialState.FAIL:  # GP wants the constraint on every trial it reads
         diverged = 1.0 if DIVERGED_ATTR in attributes else 0.0
         system = {**system, internals.constraint_attr("diverged"): diverged}
