@@ -8,9 +8,13 @@ whatever machine runs it (a loaded one moves both alike):
   peer: a plain Optuna script (imports torch, creates the study, `study.optimize`) of the
   same two trials, measured the same way.
 - a trial on real data: SimpleCNN on the offline 5,000 MNIST digits, Adam at lr 1e-3, two
-  epochs, as one `tuner run` trial (its recorded `wall_seconds`: model, data and training);
-  peer: a plain PyTorch loop over the same model, data and steps in a fresh process, with
-  torch's default threads.
+  epochs, as one `tuner run` trial (its recorded `wall_seconds`, from its claim to its end:
+  sampling, model, data, training and its records); peer: a plain PyTorch loop over the same
+  model, data and steps in a fresh process, with torch's default threads, counted from the
+  built model and data to its last evaluation (so the ratio charges tuner its data loading).
+- commits per trial: a worker's one-step trials against plain Optuna's `study.optimize` over
+  the same space, sampler and SQLite storage (the 8 trials of a second run, so once-per-run
+  commits fall out; the worker's own thread only: heartbeats beat by the clock).
 - the learning-curve PNG: what recording one completed trial's curve costs the worker
   (LearningCurveRecorder.record on a real SQLite study), first call and the mean of the rest;
   peer: the quickstart trial it follows, from the start-up run.
@@ -23,6 +27,7 @@ With --repeat N each pair runs N times, alternately, and the medians are compare
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -31,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -57,16 +63,18 @@ study = optuna.create_study(study_name="quickstart", storage=sys.argv[1])
 study.optimize(objective, n_trials=2)
 """
 
-#: The plain PyTorch peer: tuner's CNN workload built directly, trained by a bare loop.
+#: The plain PyTorch peer: tuner's CNN workload built directly, trained by a bare loop. Its clock
+#: starts once the model and data are built (`import tuner` and the data loading are not what a
+#: plain loop pays) and stops after the last evaluation.
 PLAIN_TORCH = """
 import sys, time, torch
-started = time.perf_counter()
 from tuner.workloads import build_trainable
 from tuner.spec import WorkloadSpec
 from tuner.workloads.base import TrialContext
 
 spec = WorkloadSpec(name="cnn", options={"dataset": "mnist_5k"})
 trainable = build_trainable(spec, TrialContext(seed=0, device=torch.device("cpu"), batch_size=128))
+started = time.perf_counter()
 optimizer = torch.optim.Adam(trainable.model.parameters(), lr=1e-3)
 generator = torch.Generator().manual_seed(0)
 for epoch in range(int(sys.argv[1])):
@@ -175,6 +183,60 @@ def curve_record(folder: Path, calls: int = 6) -> dict[str, float]:
     }
 
 
+def _sampled(spec: Any, trial: optuna.Trial) -> float:
+    """Plain Optuna's objective: the configuration sampled as tuner samples it, no training."""
+    from tuner.search.space import sample_config
+
+    sample_config(trial, spec)
+    return 1.0
+
+
+def commits_per_trial(folder: Path) -> dict[str, float]:
+    """Commits per one-step quickstart trial: tuner's worker against plain Optuna's
+    study.optimize over the same space, sampler and SQLite storage (see the module doc)."""
+    import threading
+
+    import sqlalchemy
+
+    from tuner.execution.worker import run_worker
+    from tuner.search.samplers import make_sampler
+    from tuner.spec import load_spec
+    from tuner.storage.rdb import open_storage
+    from tuner.study import lifecycle as studies
+
+    url = f"sqlite:///{folder / 'commits.db'}"
+    settings = ["budget.epochs=1", "pruner.name='none'", "execution.heartbeat_seconds=600"]
+    settings.append("execution.grace_seconds=1200")  # no sweep inside a run but its first
+    counts: dict[str, list[int]] = {"tuner": [], "optuna": []}
+
+    def count(connection: sqlalchemy.Connection) -> None:
+        if threading.current_thread() is threading.main_thread():
+            counting[-1] += 1
+
+    for trials in (4, 12):
+        spec = load_spec(QUICKSTART, [*settings, f"budget.trials={trials}"])
+        studies.create_or_resume(spec, open_storage(url))
+        plain = optuna.create_study(
+            study_name="plain",
+            storage=url,
+            sampler=make_sampler(spec, spec.seed),
+            load_if_exists=True,
+        )
+        for tool in ("tuner", "optuna"):
+            counts[tool].append(0)
+            counting = counts[tool]
+            sqlalchemy.event.listen(sqlalchemy.Engine, "commit", count)
+            try:
+                if tool == "tuner":
+                    run_worker(spec, url)
+                else:
+                    objective = functools.partial(_sampled, spec)
+                    plain.optimize(objective, n_trials=trials - len(plain.trials))
+            finally:
+                sqlalchemy.event.remove(sqlalchemy.Engine, "commit", count)
+    return {tool: (second - first) / 4 for tool, (first, second) in counts.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2, help="runs of each, alternated")
@@ -190,6 +252,7 @@ def main() -> None:
             for tool in ("torch", "tuner"):
                 results[f"{tool}_cnn"].append(cnn_trial(Path(scratch), tool))
         curves = curve_record(Path(scratch))
+        commits = commits_per_trial(Path(scratch))
 
     def median(name: str, index: int | None = None) -> float:
         values = results[name] if index is None else [run[index] for run in results[name]]
@@ -201,6 +264,7 @@ def main() -> None:
         "cnn_trial_s": {"tuner": median("tuner_cnn"), "torch": median("torch_cnn")},
         "curve_s": curves,
         "quickstart_trial_s": median("tuner", 2),
+        "commits_per_trial": commits,
     }
     startup, teardown = figures["startup_s"], figures["teardown_s"]
     cnn, trial = figures["cnn_trial_s"], figures["quickstart_trial_s"]
@@ -220,6 +284,10 @@ def main() -> None:
         f"curve PNG: drawing {curves['draw']:.3f} s (first {curves['draw_first']:.2f} s), "
         f"{curves['draw'] / trial:.0%} of a {trial:.2f} s quickstart trial; what the trial "
         f"pays to record it: {curves['record']:.3f} s"
+    )
+    print(
+        f"commits per one-step trial:      tuner {commits['tuner']:.2f}, plain Optuna "
+        f"{commits['optuna']:.2f}: {commits['tuner'] / commits['optuna']:.2f}×"
     )
     print(json.dumps(figures))
 

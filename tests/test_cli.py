@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -257,6 +259,30 @@ def test_worker_on_a_study_tuner_did_not_create_exits_2(
     optuna.create_study(study_name="foreign", storage=sqlite_url)
     assert main(["worker", "foreign", "--storage", sqlite_url]) == 2
     assert "was not created by `tuner run`" in capsys.readouterr().err
+
+
+def test_a_worker_added_by_hand_is_seeded_by_its_index_not_its_process(
+    tmp_path: Path, make_spec: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same `tuner worker --index` on the same study draws the same trials; another index
+    draws others (under the process id both would be seeded alike here)."""
+    from tuner.storage.rdb import open_storage
+    from tuner.study import lifecycle as studies
+
+    spec = make_spec(name="by-hand", budget={"trials": 3, "epochs": 1})
+
+    def drawn(copy: str, *index: str) -> list[dict]:
+        url = f"sqlite:///{tmp_path / f'{copy}.db'}"
+        studies.create_or_resume(spec, open_storage(url))
+        assert main(["worker", "by-hand", "--storage", url, *index]) == 0
+        return [t.params for t in optuna.load_study(study_name="by-hand", storage=url).trials]
+
+    assert drawn("first", "--index", "1") == drawn("again", "--index", "1")
+    assert drawn("other", "--index", "1") != drawn("default")  # index 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(["worker", "by-hand", "--index", "-1"])
+    assert exit_info.value.code == 2
+    assert "--index: expected 0, 1, 2" in capsys.readouterr().err
 
 
 def test_usage_errors_exit_2() -> None:

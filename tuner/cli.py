@@ -129,8 +129,9 @@ def _worker(args: argparse.Namespace) -> int:
     print(f"tuner worker: study {args.study} runs {code_to_run(recorded)}", flush=True)
     spec = parse_spec(recorded, f"study {args.study!r}")
     spec = with_overrides(spec, trials_per_worker=args.batch)
-    # A worker added by hand samples its own stream: the pid tells it from the others.
-    summary = run_worker(spec, url, worker=args.name, threads=args.threads, stream=os.getpid())
+    # Its sampler's stream: the study's seed, this index and the trials the study already has
+    # (tuner.study.lifecycle.sampler_seed), so the same command draws the same trials again.
+    summary = run_worker(spec, url, worker=args.name, threads=args.threads, stream=args.index)
     print(f"worker {summary.worker}: {summary.trials} trials of {args.study}; no trial left to run")
     return 0
 
@@ -197,6 +198,12 @@ def _trials_per_worker(text: str) -> int | str:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number or 'auto', not {text!r}")
     return value
+
+
+def _index(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected 0, 1, 2 or another whole number, not {text!r}")
+    return int(text)
 
 
 def _confirm(text: str) -> tuple[int, int]:
@@ -291,6 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", help="the name recorded on its trials (default host:pid)")
     worker.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     worker.add_argument("--batch", type=_trials_per_worker, metavar="K", help=BATCH_HELP)
+    worker.add_argument(
+        "--index",
+        type=_index,
+        default=0,
+        metavar="N",
+        help="this worker's index among the workers started together (default 0): with the "
+        "study's seed it seeds the worker's sampler, so give each its own",
+    )
     worker.set_defaults(handler=_worker)
 
     status = commands.add_parser("status", help="trials by state, running trials, throughput")

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from tests.specs import build_spec
 from tuner.errors import EmptyStudyError, SpecError
 from tuner.execution.worker import run_worker
+from tuner.search.samplers import make_sampler
+from tuner.search.space import sample_config
 from tuner.spec import StudySpec
 from tuner.storage.rdb import open_storage
 from tuner.study import lifecycle as studies
@@ -209,12 +215,15 @@ class _KeptRecorder:
     def __init__(self) -> None:
         self.records: list[tuple[int, TrialState, int]] = []
         self.titles: dict[int, str] = {}
+        self.seconds: dict[int, float] = {}
 
     def record(
         self, trial: optuna.Trial, state: TrialState, curve: list, seconds: float, title: str
-    ) -> None:
+    ) -> dict[str, Any]:
         self.records.append((trial.number, state, len(curve)))
         self.titles[trial.number] = title
+        self.seconds[trial.number] = seconds
+        return {}  # nothing to name on the trial
 
     def finish(self) -> None:
         self.records.append((-1, TrialState.COMPLETE, 0))  # the worker's last call
@@ -232,6 +241,10 @@ def test_the_worker_records_each_finished_trial_through_the_recorder_it_is_hande
     assert sorted(recorder.records) == [
         (trial.number, trial.state, len(trial.user_attrs["curve"])) for trial in trials
     ]
+    # Each was weighed by its training: within its wall time, which also holds its sampling,
+    # its database calls and its waits.
+    for trial in trials:
+        assert 0 < recorder.seconds[trial.number] < trial.user_attrs["wall_seconds"]
     # The recorder it was handed replaced the default: no learning curve was uploaded.
     assert not any(key.startswith("artifacts:") for t in trials for key in t.system_attrs)
     assert not (tmp_path / "artifacts").exists()
@@ -259,3 +272,77 @@ def test_a_learning_curve_is_titled_with_the_rate_the_trial_trained_with(
         assert recorder.titles[trial.number] == (
             f"trial {trial.number}: {config.optimizer}, lr {config.learning_rate:.3g}"
         )
+
+
+def _commits_per_trial(
+    prepare: Callable[[int], None], run: Callable[[int], None], runs: tuple[int, int] = (4, 12)
+) -> float:
+    """Commits per trial of `run(trials)`, run to 4 trials, then on to 12 (`prepare(trials)`
+    before each, not counted): the second run's 8 trials less the first's 4, so that the
+    once-per-run commits (loading the study, the first sweep) fall out. Counted on the
+    caller's thread only: the heartbeat thread beats by the clock, not by the trial."""
+    counts: list[int] = []
+
+    def count(connection: sqlalchemy.Connection) -> None:
+        if threading.current_thread() is threading.main_thread():
+            counts[-1] += 1
+
+    for trials in runs:
+        prepare(trials)
+        counts.append(0)
+        sqlalchemy.event.listen(sqlalchemy.Engine, "commit", count)
+        try:
+            run(trials)
+        finally:
+            sqlalchemy.event.remove(sqlalchemy.Engine, "commit", count)
+    first, second = runs[0], runs[1] - runs[0]
+    return (counts[1] - counts[0]) / (second - first)
+
+
+def test_a_trial_costs_no_more_commits_than_under_plain_optunas_optimize(
+    storage_url: str, study_name: str
+) -> None:
+    """The same space, sampler and storage through tuner's worker and through Optuna's
+    study.optimize: the claim, the parameters, the attributes (configuration, constraint and
+    learning-curve artifact in one transaction) and the result cost no more commits."""
+    plain_name = f"{study_name}-optuna"
+    ours_storage, plain_storage = open_storage(storage_url), RDBStorage(storage_url)
+
+    def spec_for(trials: int) -> StudySpec:
+        return landscape_spec(
+            study_name,
+            budget={"trials": trials, "epochs": 1},
+            pruner={"name": "none"},
+            # No sweep falls inside the run: the first, at its start, is once per run.
+            execution={"heartbeat_seconds": 600, "grace_seconds": 1200},
+        )
+
+    def create(trials: int) -> None:
+        studies.create_or_resume(spec_for(trials), ours_storage)
+        optuna.create_study(study_name=plain_name, storage=plain_storage, load_if_exists=True)
+
+    def tuner(trials: int) -> None:
+        run_worker(spec_for(trials), storage_url)
+
+    def plain_optuna(trials: int) -> None:
+        spec = spec_for(trials)
+        study = optuna.load_study(
+            study_name=plain_name, storage=plain_storage, sampler=make_sampler(spec, spec.seed)
+        )
+        objective = lambda trial: (sample_config(trial, spec), 1.0)[1]  # noqa: E731
+        study.optimize(objective, n_trials=trials - len(study.trials))
+
+    try:
+        ours = _commits_per_trial(create, tuner)
+        theirs = _commits_per_trial(create, plain_optuna)
+    finally:
+        if plain_name in optuna.get_all_study_names(plain_storage):
+            optuna.delete_study(study_name=plain_name, storage=plain_storage)
+        for storage in (ours_storage, plain_storage):
+            storage.engine.dispose()
+    trials = optuna.load_study(study_name=study_name, storage=storage_url).trials
+    assert len(trials) == 12 and all(trial.state == TrialState.COMPLETE for trial in trials)
+    # Each trial recorded its attributes, its constraint and its curve's artifact.
+    assert all(trial.user_attrs["config"] and trial.constraints for trial in trials)
+    assert all(any(k.startswith("artifacts:") for k in trial.system_attrs) for trial in trials)
+    assert 0 < ours <= theirs

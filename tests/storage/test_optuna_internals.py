@@ -137,6 +137,34 @@ def test_optuna_writes_an_attribute_and_a_heartbeat_in_our_transaction(
         ]
 
 
+def test_a_constraint_written_as_an_attribute_is_the_one_set_constraint_sets(
+    storage: RetryingRDBStorage, study: optuna.Study
+) -> None:
+    theirs, ours = study.ask(), study.ask()
+    theirs.set_constraint("diverged", 1.0)
+    storage.set_trial_attrs(ours._trial_id, {}, {internals.constraint_attr("diverged"): 1.0})
+    for trial in (theirs, ours):
+        study.tell(trial, 0.0)
+    frozen = study.get_trials()
+    assert frozen[0].system_attrs == frozen[1].system_attrs
+    assert frozen[1].constraints == {"diverged": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("value", "state"), [(2.0, TrialState.COMPLETE), (None, TrialState.PRUNED)]
+)
+def test_a_trial_told_without_its_read_back_is_told_as_study_tell_tells_it(
+    study: optuna.Study, value: float | None, state: TrialState
+) -> None:
+    theirs, ours = study.ask(), study.ask()
+    for trial in (theirs, ours):
+        trial.report(3.0, step=1)
+    study.tell(theirs, value, state=state)
+    internals.tell(study, ours, value, state)
+    told = study.get_trials()
+    assert [(trial.state, trial.value) for trial in told] == [(state, value or 3.0)] * 2
+
+
 def test_the_trial_cache_calls_no_private_backend_method_we_do_not_route() -> None:
     """Optuna's trial cache reads and writes through these private RDBStorage methods:
     a storage that retries must see those calls (RDBStorageHooks forwards each)."""

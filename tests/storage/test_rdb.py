@@ -97,10 +97,12 @@ def test_attributes_written_in_one_statement_are_what_optuna_writes(
     storage, study_id = _study(storage_url, study_name)
     ours, theirs = storage.create_new_trial(study_id), storage.create_new_trial(study_id)
     attributes = {"config": {"lr": 0.1, "betas": [0.9, 0.99]}, "worker": "w0", "seed": 7}
-    storage.set_trial_user_attrs(ours, attributes)
-    storage.set_trial_user_attrs(ours, {"seed": 8, "curve": []})  # an upsert, as Optuna's is
+    storage.set_trial_attrs(ours, attributes)
+    # An upsert, as Optuna's is; user and system attributes in one transaction.
+    storage.set_trial_attrs(ours, {"seed": 8, "curve": []}, {"constraints:diverged": 0.0})
     for key, value in {**attributes, "seed": 8, "curve": []}.items():
         optuna.storages.RDBStorage.set_trial_user_attr(storage, theirs, key, value)
+    optuna.storages.RDBStorage.set_trial_system_attr(storage, theirs, "constraints:diverged", 0.0)
     storage.set_trial_system_attr(ours, "relative_params:0", '{"lr": 0.1}')
     storage.set_trial_system_attr(ours, "retry_history", [3, 4])
     optuna.storages.RDBStorage.set_trial_system_attr(
@@ -111,7 +113,7 @@ def test_attributes_written_in_one_statement_are_what_optuna_writes(
     assert storage.get_trial(ours).system_attrs == storage.get_trial(theirs).system_attrs
     storage.set_trial_state_values(ours, TrialState.COMPLETE, [1.0])
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-        storage.set_trial_user_attrs(ours, {"late": True})
+        storage.set_trial_attrs(ours, {"late": True})
 
 
 def test_heartbeats_are_upserted_and_a_silent_trial_goes_stale(
@@ -313,7 +315,7 @@ def test_every_call_that_reaches_the_database_is_retried() -> None:
         for name in dir(optuna.storages.BaseStorage)
         if not name.startswith("_") and name in vars(rdb)
     } - {"check_trial_is_updatable", "remove_session"}
-    ours = {"set_trial_user_attrs", "record_heartbeat", "fail_trial", "silences", "claim_trial"}
+    ours = {"set_trial_attrs", "record_heartbeat", "fail_trial", "silences", "claim_trial"}
     hooks = set(internals.RDBStorageHooks.PRIVATE_CALLS.values())
     assert public | ours | hooks <= set(vars(RetryingRDBStorage))
 

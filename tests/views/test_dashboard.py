@@ -7,6 +7,7 @@ it the browser test skips with the reason, except in CI (``CI`` set), where it f
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from tests.trials import confirmation_runs
 from tuner.execution.worker import run_worker
 from tuner.spec import StudySpec
 from tuner.storage import artifacts
-from tuner.storage.artifacts import CURVE_PLOT_MIN_SECONDS, artifact_dir
+from tuner.storage.artifacts import LearningCurveRecorder, artifact_dir
 from tuner.storage.rdb import open_storage
 from tuner.study import lifecycle as studies
 from tuner.study.importance import MIN_TRIALS, ped_anova, search_results
@@ -139,13 +140,14 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A finished Rosenbrock study of three optimizers: each trial COMPLETE, with its curve,
     and just enough of them (MIN_TRIALS) for the dashboard to show importances.
 
-    Each trial's curve is a PNG plot, however quickly it trained: CURVE_PLOT_MIN_SECONDS is 0
-    while the study is built (trials under the real 0.5 s get CSV). Built once for the tests
+    Each trial's curve is a PNG plot, however quickly it trained: drawing is taken to cost
+    nothing while the study is built (a trial that trains for less than a drawing costs gets
+    CSV). Built once for the tests
     that only look at it (in a home of its own, as conftest's isolated_home gives each test)."""
     folder = tmp_path_factory.mktemp("finished")
     url = f"sqlite:///{folder / 'studies.db'}"
     with pytest.MonkeyPatch.context() as environment:
-        environment.setattr(artifacts, "CURVE_PLOT_MIN_SECONDS", 0.0)
+        environment.setattr(LearningCurveRecorder, "drawing_seconds", 0.0)
         environment.setenv("XDG_DATA_HOME", str(folder / "data"))
         environment.setenv("XDG_CACHE_HOME", str(folder / "cache"))
         environment.delenv("TUNER_STORAGE", raising=False)
@@ -400,24 +402,23 @@ def test_a_curve_that_cannot_be_stored_never_fails_its_trial(
     assert "learning-curve artifact not uploaded" in caplog.text
 
 
-def test_a_quick_trial_gets_its_curve_as_csv(sqlite_url: str, tmp_path: Path) -> None:
+def test_a_trial_quicker_than_its_plot_gets_its_curve_as_csv(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drawing costs more than any of these trials trains (it is not measured before a first
+    drawing): each gets the numbers, readable as the dashboard shows them."""
+    monkeypatch.setattr(artifacts, "CURVE_DRAW_SECONDS", math.inf)
     spec = rosenbrock_spec("quick", trials=4, steps=5)
     studies.create_or_resume(spec, open_storage(sqlite_url))
     run_worker(spec, sqlite_url)
     trials = optuna.load_study(study_name="quick", storage=sqlite_url).trials
-    kinds = []
     for trial in trials:
         (key,) = [key for key in trial.system_attrs if key.startswith("artifacts:")]
         artifact = json.loads(trial.system_attrs[key])
-        quick = trial.user_attrs["wall_seconds"] < CURVE_PLOT_MIN_SECONDS
-        kind = "csv" if quick else "png"
-        assert artifact["filename"] == f"learning_curve_trial_{trial.number}.{kind}"
-        kinds.append(kind)
-        if quick:
-            stored = (tmp_path / "artifacts" / artifact["artifact_id"]).read_text().splitlines()
-            assert stored[0].split(",")[:3] == ["epoch", "train_loss", "learning_rate"]
-            assert len(stored) == 1 + len(trial.user_attrs["curve"])
-    assert "csv" in kinds  # 15 steps train in far less than CURVE_PLOT_MIN_SECONDS
+        assert artifact["filename"] == f"learning_curve_trial_{trial.number}.csv"
+        stored = (tmp_path / "artifacts" / artifact["artifact_id"]).read_text().splitlines()
+        assert stored[0].split(",")[:3] == ["epoch", "train_loss", "learning_rate"]
+        assert len(stored) == 1 + len(trial.user_attrs["curve"])
 
 
 def test_where_artifacts_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

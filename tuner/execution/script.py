@@ -151,6 +151,8 @@ def interpreted(command: list[str]) -> list[str]:
 def _settle_script(trial: Trial, command: list[str], status: int, tail: list[str]) -> float:
     """What the script's exit and its reports in storage make of the trial."""
     frozen = trial.optuna_trial.storage.get_trial(internals.trial_id(trial.optuna_trial))
+    if "config" in frozen.user_attrs:  # with the parameters the script suggested
+        trial.config = TrainingConfig.from_dict(frozen.user_attrs["config"])
     trial.record.curve = list(frozen.user_attrs.get("curve", []))
     trial.record.epochs_run = int(frozen.user_attrs.get("epochs_run", 0))
     stop = frozen.user_attrs.get(STOP_ATTRIBUTE)

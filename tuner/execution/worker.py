@@ -23,7 +23,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal, Protocol
@@ -136,6 +136,19 @@ class _Slot:
     config: TrainingConfig | None = None
     record: TrainingRecord = field(default_factory=TrainingRecord)
     epochs: int = 0
+    #: Seconds spent building, training and evaluating it: its wall time less sampling, the
+    #: database and waiting (a stack's step is shared out among its trials). What its
+    #: learning curve's picture is weighed against (tuner.storage.artifacts).
+    training_seconds: float = 0.0
+
+    @contextmanager
+    def training(self, share: int = 1) -> Iterator[None]:
+        """Count the block's time as this trial's training (a `share`-th of it)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.training_seconds += (time.perf_counter() - started) / share
 
 
 #: Trains one trial with the user's own loop (a training function or a command) to its end.
@@ -206,13 +219,12 @@ class _Running:
         self,
         study: optuna.Study,
         spec: StudySpec,
-        identity: dict[str, str],
         device: torch.device,
         capacity: int,
         recorder: TrialRecorder,
         user_loop: UserLoop | None = None,
     ):
-        self.study, self.spec, self.identity, self.device = study, spec, identity, device
+        self.study, self.spec, self.device = study, spec, device
         self.recorder, self.user_loop = recorder, user_loop
         self.capacity = capacity
         self.slots: dict[int, _Slot] = {}
@@ -228,19 +240,16 @@ class _Running:
 
     def start(self, trial: optuna.Trial) -> None:
         """Sample a claimed trial's configuration, record it, and give the trial a place."""
+        # Its first heartbeat and the worker's name came with the claim; its configuration is
+        # recorded with its other attributes when it ends (tuner.execution.worker._finish).
         slot = _Slot(trial, trial_seed(self.spec.seed, trial.number))
         self.slots[trial.number] = slot
-        storage = rdb_backend(trial.storage)
-        if storage.get_heartbeat_interval() is not None:
-            storage.record_heartbeat(internals.trial_id(trial))
 
         def place() -> float:
             slot.config = sample_config(trial, self.spec)
-            storage.set_trial_user_attrs(
-                internals.trial_id(trial), {**self.identity, "config": slot.config.to_dict()}
-            )
             if self.user_loop is None:
-                self._place(trial.number, slot)
+                with slot.training():
+                    self._place(trial.number, slot)
             return 0.0
 
         state, _, reason = settle(place)
@@ -249,7 +258,9 @@ class _Running:
         elif self.user_loop is not None:
             # The user's code owns its loop: the trial trains to its end here, heartbeats on.
             handle = Trial(trial, self.spec, slot.config, slot.seed, self.device, slot.record)
-            state, value, reason = settle(partial(self.user_loop, handle))
+            with slot.training():  # the user's loop, its reports included
+                state, value, reason = settle(partial(self.user_loop, handle))
+            slot.config = handle.config  # with the parameters the user's code suggested
             self._end(trial.number, state, value, reason)
 
     def step(self) -> None:
@@ -258,7 +269,10 @@ class _Running:
         for key, group in list(self.groups.items()):
             state, ended, reason = TrialState.COMPLETE, [], None
             try:
-                ended = group.step()
+                with ExitStack() as timing:  # the step's time, shared by the group's trials
+                    for number in group.keys:
+                        timing.enter_context(self.slots[number].training(len(group.keys)))
+                    ended = group.step()
             except StorageUnreachableError:
                 raise
             except Exception as error:  # the group's shared step failed: so did its trials
@@ -319,11 +333,13 @@ class _Running:
         """Judge one trial's finished epoch; True when the trial has ended."""
         slot = self.slots[number]
         slot.epochs += 1
-        state, value, reason = settle(
-            lambda: close_epoch(
-                slot.trial, self.spec, slot.record, slot.epochs, group.end_epoch(number)
-            )
-        )
+
+        def judge() -> float:
+            with slot.training():
+                result = group.end_epoch(number)
+            return close_epoch(slot.trial, self.spec, slot.record, slot.epochs, result)
+
+        state, value, reason = settle(judge)
         if state is TrialState.COMPLETE and slot.epochs < self.spec.budget.epochs:
             return False
         self._end(number, state, value, reason)
@@ -355,7 +371,9 @@ def _finish(
     value: float | None,
     reason: str | None,
 ) -> None:
-    """Record what Optuna has no column for, then tell the study."""
+    """Record what Optuna has no column for, then tell the study: the attributes (the
+    configuration, the constraint and the learning curve's artifact among them) in one
+    transaction, so that a trial costs no more commits than under Optuna's study.optimize."""
     trial, record = slot.trial, slot.record
     attributes = {
         "seed": slot.seed,
@@ -364,6 +382,8 @@ def _finish(
         "wall_seconds": round(time.monotonic() - slot.started, 4),
         "curve": record.curve,
     }
+    if slot.config is not None:
+        attributes["config"] = slot.config.to_dict()
     if reason and state is TrialState.PRUNED:
         # A diverged trial is information for the sampler, not a crash: Optuna's samplers
         # skip FAIL trials, so TPE kept proposing the region that diverges, and GP and CMA-ES
@@ -380,14 +400,15 @@ def _finish(
         attributes[DIVERGED_ATTR] = reason
     elif reason:
         attributes["fail_reason"] = reason
-    if state is not TrialState.FAIL:  # GP wants the constraint on every trial it reads
-        trial.set_constraint("diverged", 1.0 if DIVERGED_ATTR in attributes else 0.0)
     # Before tell: a finished trial takes no more attributes.
-    recorder.record(trial, state, record.curve, attributes["wall_seconds"], _title(slot))
+    system = recorder.record(trial, state, record.curve, slot.training_seconds, _title(slot))
+    if state is not TrialState.FAIL:  # GP wants the constraint on every trial it reads
+        diverged = 1.0 if DIVERGED_ATTR in attributes else 0.0
+        system = {**system, internals.constraint_attr("diverged"): diverged}
     try:
-        rdb_backend(trial.storage).set_trial_user_attrs(internals.trial_id(trial), attributes)
+        rdb_backend(trial.storage).set_trial_attrs(internals.trial_id(trial), attributes, system)
         # A pruned trial keeps its last reported value, as in study.optimize().
-        study.tell(trial, value if state is TrialState.COMPLETE else None, state=state)
+        internals.tell(study, trial, value if state is TrialState.COMPLETE else None, state)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Another process failed it as stale (this worker missed its heartbeats); its retry
         # is already queued, so there is nothing left to record here.
@@ -461,9 +482,7 @@ def run_worker(
     identity = {"worker": summary.worker, "node": node or socket.gethostname()}
     capacity = trials_per_worker(execution.trials_per_worker, device)
     recorder = recorder or LearningCurveRecorder()
-    running = _Running(
-        study, spec, identity, device, capacity, recorder, user_loop(spec, storage_url)
-    )
+    running = _Running(study, spec, device, capacity, recorder, user_loop(spec, storage_url))
     idle_since: float | None = None
     swept = next_claim = 0.0
     deadline: float | None = None
@@ -484,7 +503,7 @@ def run_worker(
                     claiming = not stop(study)
                     next_claim = now if claiming else now + IDLE_POLL_SECONDS
                 if claiming and len(running) < capacity and now >= next_claim:
-                    trial = studies.claim_trial(study, spec)
+                    trial = studies.claim_trial(study, spec, identity)
                     if trial is not None:
                         idle_since = None
                         running.start(trial)

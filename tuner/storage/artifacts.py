@@ -2,9 +2,10 @@
 
 Every COMPLETE trial gets its learning curve (train loss and validation metrics per epoch) as an
 Optuna artifact, which optuna-dashboard shows on the trial's page. The worker is handed a
-`TrialRecorder` and calls it before it tells the study the result; `LearningCurveRecorder`
-uploads a PNG plot of a few KB, or for trials quicker than the plot itself, the numbers as
-CSV. A failed upload is logged and never fails the trial.
+`TrialRecorder` and calls it before it tells the study the result, and writes the attribute
+naming the artifact with the trial's others, in one transaction; `LearningCurveRecorder`
+uploads a PNG plot of a few KB, or for trials whose training took less than drawing the plot
+costs, the numbers as CSV. A failed upload is logged and never fails the trial.
 
 Where the artifact store lives (`artifact_dir`), the same rule for workers and the dashboard:
 
@@ -20,12 +21,14 @@ it in every worker's environment.
 from __future__ import annotations
 
 import csv
+import importlib
 import logging
 import math
 import os
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
@@ -41,8 +44,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Trials that trained at least this long get their learning curve as a PNG, quicker ones as CSV.
-CURVE_PLOT_MIN_SECONDS = 0.5
+#: What drawing one learning curve costs, in CPU seconds, until this worker has measured it
+#: (0.14-0.20 s on a 2-core machine, bench/overhead.py; the plotting libraries' import apart).
+CURVE_DRAW_SECONDS = 0.2
+#: The plotting modules, imported once per worker before the first drawing is measured.
+PLOTTING_MODULES = ("matplotlib.backends.backend_agg", "matplotlib.figure", "PIL.Image")
 #: The learning-curve plot's size: small enough for a few KB per trial.
 CURVE_FIGSIZE = (4.8, 3.0)
 CURVE_DPI = 80
@@ -84,10 +90,12 @@ class TrialRecorder(Protocol):
 
     def record(
         self, trial: optuna.Trial, state: TrialState, curve: Curve, seconds: float, title: str
-    ) -> None:
+    ) -> dict[str, Any]:
         """Record a trial that ended in `state` after training `seconds`, under `title` (what
         the worker knows of it in natural units: its optimizer and learning rate); called
-        before the study is told (a finished trial takes no more attributes)."""
+        before the study is told (a finished trial takes no more attributes). Returns the
+        system attributes that name the record, which the worker writes with the trial's
+        others."""
 
     def finish(self) -> None:
         """Wait for records still being written; the worker calls it before it returns."""
@@ -96,14 +104,16 @@ class TrialRecorder(Protocol):
 class LearningCurveRecorder:
     """Upload each COMPLETE trial's learning curve to the artifact store of its storage.
 
-    A trial that trained for CURVE_PLOT_MIN_SECONDS or more gets a PNG plot; a quicker one
-    gets the same numbers as CSV, because drawing the plot would cost more than the trial
-    itself. Other states, an empty curve and any failure upload nothing; a failure is logged
+    A trial whose training took at least what drawing its plot costs gets a PNG plot; a quicker
+    one gets the same numbers as CSV, so that no trial pays more CPU for its picture than for
+    its training. What drawing costs is measured: the mean CPU time of this recorder's drawings
+    so far (CURVE_DRAW_SECONDS before the first), the one-off import of the plotting libraries
+    apart. Other states, an empty curve and any failure upload nothing; a failure is logged
     as a warning.
 
     The plot is drawn off the trial's path (it cost 0.3–0.8 s a trial on 2 busy cores,
-    bench/overhead.py): `record` attaches the artifact to the trial at once (Optuna's
-    upload_artifact, which sets the trial's attribute naming it), and one background thread
+    bench/overhead.py): `record` names the artifact at once (Optuna's upload_artifact, whose
+    attribute naming it the worker writes with the trial's others), and one background thread
     draws the PNG and writes it under that artifact's id while the worker trains the next
     trial. Until then the dashboard finds no file for it. `finish` waits for the drawings.
     """
@@ -111,19 +121,27 @@ class LearningCurveRecorder:
     def __init__(self) -> None:
         self._drawings: queue.Queue[tuple[FileSystemArtifactStore, str, Curve, str]] = queue.Queue()
         self._drawer: threading.Thread | None = None
+        self._drawn: tuple[int, float] = (0, 0.0)  # drawings measured, their CPU seconds
+
+    @property
+    def drawing_seconds(self) -> float:
+        """What drawing one plot costs, in CPU seconds: measured, once a drawing has been."""
+        count, seconds = self._drawn
+        return seconds / count if count else CURVE_DRAW_SECONDS
 
     def record(
         self, trial: optuna.Trial, state: TrialState, curve: Curve, seconds: float, title: str
-    ) -> None:
+    ) -> dict[str, Any]:
+        attributes = _Attributes()
         if state is not TrialState.COMPLETE or not curve:
-            return
+            return attributes.system_attrs
         try:
             from optuna.artifacts import upload_artifact
 
             store = artifact_store(trial.storage)
             with tempfile.TemporaryDirectory(prefix="tuner-curve-") as folder:
                 stem = Path(folder) / f"learning_curve_trial_{trial.number}"
-                if seconds >= CURVE_PLOT_MIN_SECONDS:
+                if seconds >= self.drawing_seconds:
                     path = stem.with_suffix(".png")
                     path.touch()  # upload_artifact reads it; _LaterDrawing draws the real one
                     store = _LaterDrawing(store, self._draw_later, curve, title)
@@ -133,9 +151,16 @@ class LearningCurveRecorder:
                         writer = csv.DictWriter(table, fieldnames=list(curve[-1]))
                         writer.writeheader()
                         writer.writerows(curve)
-                upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+                upload_artifact(
+                    artifact_store=store,
+                    file_path=str(path),
+                    study_or_trial=trial,
+                    storage=attributes,  # type: ignore[arg-type]
+                )
         except Exception as error:  # the result matters more than its picture
             _warn(trial.number, error)
+            return {}
+        return attributes.system_attrs
 
     def finish(self) -> None:
         self._drawings.join()
@@ -149,18 +174,35 @@ class LearningCurveRecorder:
         self._drawings.put((store, artifact_id, curve, title))
 
     def _draw(self) -> None:
+        for module in PLOTTING_MODULES:  # once a worker: not what each drawing costs
+            importlib.import_module(module)
         while True:
             store, artifact_id, curve, title = self._drawings.get()
             try:
                 with tempfile.TemporaryDirectory(prefix="tuner-curve-") as folder:
                     path = Path(folder) / "curve.png"
+                    started = time.thread_time()  # this thread's CPU: the drawing's own
                     plot_curve(curve, path, title)
+                    count, seconds = self._drawn
+                    self._drawn = (count + 1, seconds + time.thread_time() - started)
                     with open(path, "rb") as png:
                         store.write(artifact_id, png)
             except Exception as error:
                 _warn(title, error)
             finally:
                 self._drawings.task_done()
+
+
+class _Attributes:
+    """Takes the attribute Optuna's upload_artifact names the artifact by, the one storage
+    call it makes, for the worker to write with the trial's other attributes instead of in a
+    transaction of its own."""
+
+    def __init__(self) -> None:
+        self.system_attrs: dict[str, Any] = {}
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.system_attrs[key] = value
 
 
 class _LaterDrawing:

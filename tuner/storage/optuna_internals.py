@@ -22,6 +22,8 @@ from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.study import StudyDirection
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial, TrialState
 
 
@@ -81,6 +83,20 @@ def set_trial_attr_in(
     used on databases where tuner has no one-statement upsert."""
     model = models.TrialSystemAttributeModel if system else models.TrialUserAttributeModel
     storage._set_trial_attr_without_commit(session, model, trial_id, key, value)
+
+
+def constraint_attr(name: str) -> str:
+    """The system attribute ``Trial.set_constraint(name, …)`` writes, which constrained
+    samplers read back as the trial's constraint `name`: spelled here so that a worker can
+    write it with the trial's other attributes (set_constraint costs a read and a transaction
+    of its own)."""
+    return f"{_CONSTRAINTS_KEY}:{name}"
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState) -> None:
+    """``study.tell`` as Optuna's own ``study.optimize`` tells a trial: without reading the
+    finished trial back for a copy that the worker would not use (a read and a transaction)."""
+    _tell_with_warning(study=study, trial=trial, value_or_values=value, state=state)
 
 
 def record_heartbeat_in(session: sqlalchemy.orm.Session, trial_id: int) -> None:

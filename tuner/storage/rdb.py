@@ -89,35 +89,39 @@ class FastRDBStorage(internals.RDBStorageHooks):
     a budgeted claim of trials, and trials failed with their reason in one transaction.
     Each method here makes one attempt; RetryingRDBStorage retries them."""
 
-    def set_trial_user_attrs(self, trial_id: int, attributes: dict[str, Any]) -> None:
-        """Several user attributes in one transaction of two statements.
+    def set_trial_attrs(
+        self,
+        trial_id: int,
+        user_attrs: dict[str, Any],
+        system_attrs: dict[str, Any] | None = None,
+    ) -> None:
+        """A trial's user and system attributes in one transaction of a few statements.
 
         Optuna's ``set_trial_user_attr`` spends a transaction, a trial lookup and an upsert on
-        each attribute; this looks the trial up once and upserts the rows in one executemany.
-        The rows are the ones Optuna writes (key, JSON value), and a finished trial is refused
-        the same way, with UpdateFinishedTrialError.
+        each attribute (and ``Trial.set_constraint`` a read before its own); this looks the
+        trial up once and upserts each table's rows in one executemany. The rows are the ones
+        Optuna writes (key, JSON value), and a finished trial is refused the same way, with
+        UpdateFinishedTrialError.
         """
-        self._set_trial_attrs(False, trial_id, attributes)
-
-    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self._set_trial_attrs(False, trial_id, {key: value})
-
-    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        self._set_trial_attrs(True, trial_id, {key: value})
-
-    def _set_trial_attrs(self, system: bool, trial_id: int, attributes: dict[str, Any]) -> None:
-        """Optuna's _set_trial_attr_without_commit for several attributes, with a statement
-        built once instead of on every call (see _upsert)."""
         with internals.session(self) as session:
             state = session.execute(_trial_state(), {"trial_id": trial_id}).scalar()
             if state is None:
                 raise KeyError(f"no trial with id {trial_id}")
             self.check_trial_is_updatable(trial_id, state)
-            self._set_attrs_in(session, system, trial_id, attributes)
+            self._set_attrs_in(session, False, trial_id, user_attrs)
+            self._set_attrs_in(session, True, trial_id, system_attrs or {})
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.set_trial_attrs(trial_id, {key: value})
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.set_trial_attrs(trial_id, {}, {key: value})
 
     def _set_attrs_in(
         self, session: Any, system: bool, trial_id: int, attributes: dict[str, Any]
     ) -> None:
+        """Optuna's _set_trial_attr_without_commit for several attributes, with a statement
+        built once instead of on every call (see _upsert)."""
         if not attributes:
             return
         name = "trial_system_attributes" if system else "trial_user_attributes"
@@ -153,6 +157,7 @@ class FastRDBStorage(internals.RDBStorageHooks):
         budget: int | None,
         system_attrs: Callable[[int], dict[str, Any]],
         token: str,
+        user_attrs: dict[str, Any] | None = None,
     ) -> FrozenTrial | None:
         """A RUNNING trial for one worker, in one transaction: the study's oldest WAITING trial
         (a retry or a re-run, or one enqueued by hand), else a new one while fewer than
@@ -163,9 +168,9 @@ class FastRDBStorage(internals.RDBStorageHooks):
         `UNCOUNTED_KEYS`) do not count.
         A new trial's system attributes are ``system_attrs(index)``, index being how many
         trials counted before it; every claimed trial gets ``tuner:claim`` = `token` (see
-        RetryingRDBStorage.claim_trial). Its heartbeat is recorded in the same transaction
-        (when heartbeats are on), so a worker that dies right after claiming leaves a trial
-        that goes stale and is retried, never one left RUNNING for good.
+        RetryingRDBStorage.claim_trial) and `user_attrs` (who claimed it). Its heartbeat is
+        recorded in the same transaction (when heartbeats are on), so a worker that dies right
+        after claiming leaves a trial that goes stale and is retried, never one left RUNNING.
 
         Exact across processes because it holds the lock Optuna's own trial creation takes,
         the study's row (``SELECT … FOR UPDATE``; SQLite: the write lock every transaction
@@ -187,6 +192,7 @@ class FastRDBStorage(internals.RDBStorageHooks):
                 ).rowcount
                 if taken:
                     self._set_attrs_in(session, True, waiting_id, {CLAIM_TOKEN_KEY: token})
+                    self._set_attrs_in(session, False, waiting_id, user_attrs or {})
                     if self.heartbeat_interval is not None:
                         self._record_heartbeat(session, waiting_id)
                     rows = session.execute(_trial_by_id(), {"trial_id": waiting_id}).all()
@@ -207,6 +213,7 @@ class FastRDBStorage(internals.RDBStorageHooks):
                 },
             ).inserted_primary_key
             self._set_attrs_in(session, True, trial_id, attrs)
+            self._set_attrs_in(session, False, trial_id, user_attrs or {})
             if self.heartbeat_interval is not None:
                 self._record_heartbeat(session, trial_id)
             return FrozenTrial(
@@ -218,7 +225,7 @@ class FastRDBStorage(internals.RDBStorageHooks):
                 datetime_complete=None,
                 params={},
                 distributions={},
-                user_attrs={},
+                user_attrs=dict(user_attrs or {}),
                 system_attrs=attrs,
                 intermediate_values={},
                 trial_id=trial_id,
@@ -466,6 +473,7 @@ class RetryingRDBStorage(FastRDBStorage):
         study_id: int,
         budget: int | None,
         system_attrs: Callable[[int], dict[str, Any]] = lambda index: {},
+        user_attrs: dict[str, Any] | None = None,
     ) -> FrozenTrial | None:
         """FastRDBStorage.claim_trial, retried, taking one trial however many tries it takes.
 
@@ -482,7 +490,9 @@ class RetryingRDBStorage(FastRDBStorage):
             attempts += 1
             if attempts > 1 and (taken := self.claimed_with(study_id, token)) is not None:
                 return taken
-            return FastRDBStorage.claim_trial(self, study_id, budget, system_attrs, token)
+            return FastRDBStorage.claim_trial(
+                self, study_id, budget, system_attrs, token, user_attrs
+            )
 
         return self._with_retries(attempt, "claim_trial")
 
@@ -506,7 +516,7 @@ class RetryingRDBStorage(FastRDBStorage):
     set_trial_state_values = _retried(FastRDBStorage.set_trial_state_values)
     set_trial_intermediate_value = _retried(FastRDBStorage.set_trial_intermediate_value)
     set_trial_user_attr = _retried(FastRDBStorage.set_trial_user_attr)
-    set_trial_user_attrs = _retried(FastRDBStorage.set_trial_user_attrs)
+    set_trial_attrs = _retried(FastRDBStorage.set_trial_attrs)
     set_trial_system_attr = _retried(FastRDBStorage.set_trial_system_attr)
     get_trial_user_attrs = _retried(FastRDBStorage.get_trial_user_attrs)
     get_trial_system_attrs = _retried(FastRDBStorage.get_trial_system_attrs)

@@ -154,9 +154,11 @@ def _searched(part: Any) -> Any:
     return part
 
 
-def claim_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
-    """A trial for this worker: a waiting retry or re-run, else a new one while the budget
-    lasts.
+def claim_trial(
+    study: optuna.Study, spec: StudySpec, user_attrs: dict[str, Any] | None = None
+) -> optuna.Trial | None:
+    """A trial for this worker, with `user_attrs` (the worker's name and node): a waiting
+    retry or re-run, else a new one while the budget lasts.
 
     Returns None once ``[budget] trials`` trials have been handed out (the count leaves out
     what `tuner.study.results.outside_budget` counts).
@@ -165,6 +167,7 @@ def claim_trial(study: optuna.Study, spec: StudySpec) -> optuna.Trial | None:
         internals.study_id(study),
         spec.budget.trials,
         lambda index: _new_trial_attrs(spec, index),
+        user_attrs,
     )
     if claimed is None:
         return None
