@@ -19,6 +19,7 @@ from tuner.errors import SpecError, StudyNotFoundError
 from tuner.execution.worker import run_worker
 from tuner.runner import create_study
 from tuner.spec import StudySpec, parse_spec
+from tuner.storage import optuna_internals as internals
 from tuner.storage.rdb import open_storage
 from tuner.study import lifecycle as studies
 from tuner.study import warm_start
@@ -101,6 +102,9 @@ def test_the_best_configurations_run_first_and_agreeing_trials_are_copied(
         )
         assert copy.distributions == original.distributions
         assert copy.intermediate_values == original.intermediate_values
+        # Constrained samplers read a diverged copy as infeasible, as they read the original.
+        constraint = internals.constraint_attr("diverged")
+        assert copy.system_attrs[constraint] == original.system_attrs[constraint]
     # A copy never wins, nor is it the best value `tuner status` shows: it was trained elsewhere.
     assert tuner.best_config(later_name, storage=storage_url).trial_number in {
         t.number for t in trained

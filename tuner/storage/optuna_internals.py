@@ -93,6 +93,12 @@ def constraint_attr(name: str) -> str:
     return f"{_CONSTRAINTS_KEY}:{name}"
 
 
+def is_constraint_attr(key: str) -> bool:
+    """Whether a system attribute holds a trial's constraint: one per name (what
+    `constraint_attr` spells), or the list older Optuna releases wrote under one key."""
+    return key == _CONSTRAINTS_KEY or key.startswith(constraint_attr(""))
+
+
 def tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState) -> None:
     """``study.tell`` as Optuna's own ``study.optimize`` tells a trial: without reading the
     finished trial back for a copy that the worker would not use (a read and a transaction)."""

@@ -38,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.errors import SpecError, StudyNotFoundError
 from tuner.search.space import sample_config
 from tuner.spec import StudySpec
+from tuner.storage import optuna_internals as internals
 from tuner.storage.rdb import OUTSIDE_BUDGET_KEY
 from tuner.storage.urls import mask_url
 from tuner.study.results import (
@@ -201,7 +202,7 @@ def _learned_from(system_attrs: dict[str, Any]) -> dict[str, Any]:
     return {
         key: value
         for key, value in system_attrs.items()
-        if key == "constraints" or key.startswith("completed_rung_")
+        if internals.is_constraint_attr(key) or key.startswith("completed_rung_")
     }
 
 
