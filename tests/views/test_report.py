@@ -17,11 +17,13 @@ from tests.trials import confirmation_runs
 from tuner.cli import build_parser, main
 from tuner.errors import EmptyStudyError, StudyNotFoundError
 from tuner.execution.worker import run_worker
+from tuner.spec import load_spec
 from tuner.storage.rdb import open_storage
 from tuner.study import lifecycle as studies
 from tuner.study.importance import MIN_TRIALS, ParameterImportances, parameter_importances
 from tuner.views import report
 
+ROOT = Path(__file__).parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALWAYS = ("best_by_optimizer", "learning_curves", "history", "importance")
 
@@ -374,3 +376,19 @@ def test_the_top_trials_name_the_learning_rate_once(built: dict) -> None:
     header = table.split("</tr>", 1)[0]
     assert "learning rate" not in header and "configuration" in header
     assert "lr=" in table
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:PedAnovaImportanceEvaluator computes")
+def test_the_shipped_quickstart_ends_with_importances(sqlite_url: str) -> None:
+    """`make demo` runs studies/quickstart.toml: it must end with enough results for the
+    importances it exists to show (one worker here; two interleave differently, but with no
+    pruner only a divergence takes a trial from the count)."""
+    spec = load_spec(ROOT / "studies" / "quickstart.toml")
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    run_worker(spec, sqlite_url)
+    study = optuna.load_study(study_name="quickstart", storage=sqlite_url)
+    importances = parameter_importances(study.trials, study.direction, "loss")
+    assert importances.withheld is None
+    assert "optimizer" in importances.overall.importances
+    assert "optimizer" in importances.ped_anova
