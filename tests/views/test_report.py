@@ -392,3 +392,29 @@ def test_the_shipped_quickstart_ends_with_importances(sqlite_url: str) -> None:
     assert importances.withheld is None
     assert "optimizer" in importances.overall.importances
     assert "optimizer" in importances.ped_anova
+
+
+def test_the_landscape_says_what_its_paths_are(
+    built: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only each epoch's end is recorded: the figure draws those positions as dots that show
+    on their lines, and says that the straight lines between them are no optimizer's steps."""
+    import importlib
+
+    from tuner.views.report import figures
+    from tuner.views.report.snapshot import StudySnapshot
+
+    # The module (the package names its function `landscape` too).
+    landscape = importlib.import_module("tuner.views.report.landscape")
+    study = built["studies"]["report-rosenbrock"]
+    snapshot = StudySnapshot.read(study, built["url"])
+    drawn = []
+    monkeypatch.setattr(landscape, "save", lambda figure, path: drawn.append(figure) or path)
+    landscape.landscape(snapshot, figures.colours(snapshot), tmp_path / "landscape.png")
+    (axes,) = drawn[0].axes
+    assert "each epoch's end" in axes.get_title()
+    assert "steps within an epoch" in axes.get_xlabel() and "not recorded" in axes.get_xlabel()
+    paths = [line for line in axes.get_lines() if len(line.get_xdata()) > 1]
+    assert paths
+    for line in paths:
+        assert line.get_marker() == "o" and line.get_markersize() > line.get_linewidth()
