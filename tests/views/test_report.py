@@ -418,3 +418,27 @@ def test_the_landscape_says_what_its_paths_are(
     assert paths
     for line in paths:
         assert line.get_marker() == "o" and line.get_markersize() > line.get_linewidth()
+
+
+def test_the_last_diverged_trial_is_marked_whole_in_the_history(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.study.test_results import study_with, trial
+    from tuner.views.report import figures
+    from tuner.views.report.snapshot import StudySnapshot
+
+    trials = [trial("sgd", 10.0**-index) for index in range(30)]
+    trials.append(trial("sgd", math.inf, diverged="diverged in epoch 1: loss nan"))
+    study = study_with(sqlite_url, trials)
+    study.set_user_attr("spec", {"search": {"optimizers": ["sgd"]}})
+    snapshot = StudySnapshot.read(study, sqlite_url)
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda figure, path: drawn.append(figure) or path)
+    figures.history(snapshot, figures.colours(snapshot), tmp_path / "history.png")
+    (axes,) = drawn[0].axes
+    drawn[0].canvas.draw()
+    low, high = axes.get_xlim()
+    assert low <= -1.0 and high >= 30 + 1.0  # a trial's width of room beyond the last
+    # The legend sits beside the axes, over none of the markers.
+    legend = axes.get_legend().get_window_extent()
+    assert legend.x0 >= axes.get_window_extent().x1
