@@ -189,6 +189,31 @@ def test_status_shows_states_best_and_throughput(
     assert f"{study.best_value:.5g}" in out
 
 
+def test_reading_a_study_imports_neither_torch_nor_ray(sqlite_url: str) -> None:
+    """`tuner best`, `tuner status` and `best_config()` only read: torch (two thirds of a
+    start-up) and Ray load where a model trains, or `build_optimizer()` is called."""
+    from tuner.execution.worker import run_worker
+    from tuner.spec import load_spec
+    from tuner.storage.rdb import open_storage
+    from tuner.study import lifecycle as studies
+
+    spec = load_spec(QUICKSTART, ["budget.trials=3", "budget.epochs=1"])
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    run_worker(spec, sqlite_url)
+    for command in ("best", "status"):
+        lines, errors = _main_in_a_fresh_process([command, "quickstart", "--storage", sqlite_url])
+        code, loaded = lines[-1].split(" ", 1)
+        assert code == "0" and "torch" not in loaded and "ray" not in loaded, (command, errors)
+    probe = (
+        f"import sys, tuner; tuner.best_config('quickstart', storage={sqlite_url!r})\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray'}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.stdout.splitlines()[-1] == "[]", done.stderr
+
+
 def test_best_table_and_summary_hints_show_brackets_and_the_storage(
     sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,4 +1,5 @@
-"""The package's arrows go one way, stated per subpackage (README: design): the tree is the map."""
+"""The package's arrows go one way, stated per subpackage (CONTRIBUTING.md: design): the tree is
+the map."""
 
 from __future__ import annotations
 

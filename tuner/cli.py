@@ -58,7 +58,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _best(args: argparse.Namespace) -> int:
     from tuner.study.best import best_config
-    from tuner.views.display import describe_seeds, format_param
 
     config = best_config(args.study, optimizer=args.optimizer, storage=args.storage)
     if args.json:
@@ -73,34 +72,9 @@ def _best(args: argparse.Namespace) -> int:
     )
     table.add_column("key", style="bold")
     table.add_column("value")
-    for key, value in [
-        (config.metric, f"{config.value:.6g} ({config.direction}), on the search's seed"),
-        (
-            "fresh seeds",
-            describe_seeds(config.mean, config.spread, config.seeds, config.failed_seeds),
-        ),
+    for key, value in config.rows():
         # escape: rich would read "[torch.optim:SGD]" as markup and drop it.
-        ("optimizer", escape(f"{config.optimizer}  [{config.target}]")),
-        ("learning_rate", f"{config.learning_rate:.6g}"),
-        ("momentum", "—" if config.momentum is None else f"{config.momentum:.6g}"),
-        ("weight_decay", f"{config.weight_decay:.6g}"),
-        *[(key, escape(str(value))) for key, value in config.hyperparameters.items()],
-        (
-            "schedule",
-            config.schedule
-            + (f" (warmup {config.warmup_fraction:.1%})" if config.warmup_fraction else ""),
-        ),
-        ("max_grad_norm", "off" if config.max_grad_norm is None else f"{config.max_grad_norm:.4g}"),
-        ("batch_size", "—" if config.batch_size is None else str(config.batch_size)),
-        (
-            "lookahead",
-            "off"
-            if config.lookahead is None
-            else f"k={config.lookahead[0]}, alpha={config.lookahead[1]:.3g}",
-        ),
-        *[(name, escape(format_param(value))) for name, value in config.params.items()],
-    ]:
-        table.add_row(key, value)
+        table.add_row(key, escape(value))
     console = Console()
     console.print(table)
     if not config.confirmed:

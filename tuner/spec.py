@@ -591,7 +591,7 @@ def _validated(model: type[_M], data: Mapping[str, Any], source: str) -> _M:
         first = next((e for e in same_key if e["type"] == "finite_number"), first)
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
-            message = "unknown key (check its spelling against the README's study file reference)"
+            message = "unknown key (check its spelling against docs/reference.md's study file keys)"
         elif first["type"] == "missing":
             message = "missing: this key is required"
         elif first["type"] in ("finite_number", "int_type", "float_type", "int_from_float"):

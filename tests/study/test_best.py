@@ -46,6 +46,18 @@ def test_best_config_is_the_best_completed_trial(finished_study: str) -> None:
     assert config.batch_size in (16, 32)
 
 
+def test_printed_it_is_a_few_readable_lines(finished_study: str) -> None:
+    config = tuner.best_config("regression", storage=finished_study)
+    lines = str(config).splitlines()
+    assert lines[0] == f"Best of study regression (trial {config.trial_number}):"
+    assert len(lines) <= 20 and max(len(line) for line in lines) <= 80, str(config)
+    shown = dict(line.split(None, 1) for line in lines[1:])
+    assert shown["optimizer"] == f"{config.optimizer}  [{config.target}]"
+    assert float(shown["learning_rate"]) == pytest.approx(config.learning_rate, rel=1e-5)
+    assert float(shown[config.metric].split()[0]) == pytest.approx(config.value, rel=1e-5)
+    assert "trial_number=" in repr(config)  # repr keeps every field, for debugging
+
+
 def test_best_config_per_optimizer_type(finished_study: str) -> None:
     study = optuna.load_study(study_name="regression", storage=finished_study)
     for name in ("momentum", "adamw"):

@@ -36,6 +36,7 @@ from tuner.storage.rdb import open_storage
 from tuner.study import lifecycle as studies
 from tuner.study.importance import MIN_TRIALS, ped_anova, search_results
 from tuner.study.note import NOTE_PIECE, study_note
+from tuner.study.results import DIVERGED_ATTR
 
 ROOT = Path(__file__).parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -241,6 +242,103 @@ def test_the_study_its_importances_note_and_curves_show_in_a_browser(
     assert f"{base}/dashboard" in printed and "studies.db" in printed, printed
 
 
+@pytest.mark.browser
+def test_withheld_importances_are_explained_in_the_panel_not_an_error(
+    chromium, sqlite_url: str, tmp_path: Path
+) -> None:
+    spec = rosenbrock_spec("few", trials=3, steps=5)
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    run_worker(spec, sqlite_url)
+    with dashboard(sqlite_url, tmp_path / "dashboard.log") as base:
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{base}/dashboard/studies/{study_id(base, 'few')}")
+        panel = page.locator("#graph-hyperparameter-importances")
+        panel.get_by_text("Importance not shown").wait_for(timeout=30_000)
+        words = panel.inner_text()
+        page.screenshot(path=tmp_path / "withheld.png")
+        body = page.inner_text("body")
+    assert "3 complete trials" in words and f"at least {MIN_TRIALS}" in words, words
+    assert "Failed to load" not in body, body
+    assert not errors, errors
+
+
+@pytest.fixture
+def steep_study(sqlite_url: str) -> str:
+    """A study where one optimizer diverges: plain SGD at 0.1 on Rosenbrock's walls."""
+    spec = build_spec(
+        name="steep",
+        workload={"name": "rosenbrock", "options": {"steps_per_epoch": 20}},
+        search={"optimizers": ["adam", "sgd_hot"], "weight_decay": "off"},
+        optimizers={"sgd_hot": {"class": "torch.optim:SGD", "learning_rate": 0.1}},
+        budget={"trials": 2, "epochs": 3},
+        sampler={"name": "grid"},
+        pruner={"name": "none"},
+    )
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    run_worker(spec, sqlite_url)
+    return sqlite_url
+
+
+def test_long_attributes_are_shortened_and_a_diverged_trial_says_so_first(
+    steep_study: str, tmp_path: Path
+) -> None:
+    trials = optuna.load_study(study_name="steep", storage=steep_study).trials
+    (diverged,) = [t for t in trials if DIVERGED_ATTR in t.user_attrs]
+    with dashboard(steep_study, tmp_path / "dashboard.log") as base:
+        detail = get_json(f"{base}/api/studies/{study_id(base, 'steep')}")
+        (summary,) = get_json(f"{base}/api/studies")["study_summaries"]
+    for owner in (detail, summary):
+        spec = {a["key"]: a["value"] for a in owner["user_attrs"]}["spec"]
+        assert "Note" in spec and len(spec) < 100, spec
+    shown = {trial["number"]: trial for trial in detail["trials"]}
+    for trial in trials:
+        attrs = shown[trial.number]["user_attrs"]
+        curve = {a["key"]: a["value"] for a in attrs}["curve"]
+        assert "learning curve" in curve and len(curve) < 100, curve
+        # Shortened, none hidden: the config one setting a line.
+        keys = {a["key"] for a in attrs}
+        assert keys - {k for k in keys if k.startswith("config.")} == set(trial.user_attrs) - {
+            "config"
+        }
+        config = trial.user_attrs["config"]
+        assert {a["key"]: a["value"] for a in attrs}["config.optimizer"] == config["optimizer"]
+        lr = {a["key"]: a["value"] for a in attrs}["config.learning_rate"]
+        assert float(lr) == config["learning_rate"]
+    first = shown[diverged.number]["user_attrs"][0]
+    assert first == {"key": DIVERGED_ATTR, "value": diverged.user_attrs[DIVERGED_ATTR]}
+    note = shown[diverged.number]["note"]
+    assert note["body"].startswith(f"**Diverged**: {diverged.user_attrs[DIVERGED_ATTR]}")
+    assert note["version"] == 0  # never saved: editing it in the dashboard saves the first
+    # The database keeps the whole record for tuner report and best_config().
+    (complete,) = [t for t in trials if t is not diverged]
+    assert [row["epoch"] for row in complete.user_attrs["curve"]] == [1, 2, 3]
+
+
+@pytest.mark.browser
+def test_trial_pages_fit_the_window_and_a_diverged_one_is_marked(
+    chromium, steep_study: str, tmp_path: Path
+) -> None:
+    trials = optuna.load_study(study_name="steep", storage=steep_study).trials
+    (diverged,) = [t for t in trials if DIVERGED_ATTR in t.user_attrs]
+    with dashboard(steep_study, tmp_path / "dashboard.log") as base:
+        identifier = study_id(base, "steep")
+        page = chromium.new_page(viewport={"width": 1400, "height": 1000})
+        widths = {}
+        for trial in trials:
+            page.goto(f"{base}/dashboard/studies/{identifier}/trials?numbers={trial.number}")
+            page.get_by_text(f"Trial {trial.number} (trial_id=").first.wait_for(timeout=30_000)
+            page.get_by_text("User Attributes").first.wait_for(timeout=15_000)
+            widths[trial.number] = page.evaluate("document.documentElement.scrollWidth")
+            if trial is diverged:
+                text = page.inner_text("body")
+        page.goto(f"{base}/dashboard/studies/{identifier}/analytics")
+        page.screenshot(path=tmp_path / "study.png")
+    assert all(width <= 1400 for width in widths.values()), widths
+    assert f"Diverged: {diverged.user_attrs[DIVERGED_ATTR]}" in text, text
+
+
 def test_the_note_and_curves_through_the_dashboard_api(finished_study: str, tmp_path: Path) -> None:
     with dashboard(finished_study, tmp_path / "dashboard.log") as base:
         detail = get_json(f"{base}/api/studies/{study_id(base, 'valley')}")
@@ -320,8 +418,7 @@ def test_importances_are_withheld_below_the_minimum_and_read_the_search_as_the_r
     study = optuna.load_study(study_name="enough", storage=sqlite_url)
     best = study.best_trial
     with dashboard(sqlite_url, tmp_path / "dashboard.log") as base:
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            get_json(f"{base}/api/studies/{study_id(base, 'few')}/param_importances")
+        refused = get_json(f"{base}/api/studies/{study_id(base, 'few')}/param_importances")
         enough = study_id(base, "enough")
         shown = served_importances(base, enough)
         # Above the minimum: optuna-dashboard's own PED-ANOVA, name, number and distribution.
@@ -331,8 +428,9 @@ def test_importances_are_withheld_below_the_minimum_and_read_the_search_as_the_r
         # tuner's chart, like the report, reads the search alone.
         study.add_trials(confirmation_runs(best))
         after = served_importances(base, enough)
-    assert refused.value.code == 400
-    reason = json.load(refused.value)["reason"]
+    # No bars, and the reason (an error would pop a toast on the page: no error here).
+    assert refused["param_importances"] == []
+    reason = refused["withheld"]
     assert "4 complete trials" in reason and f"at least {MIN_TRIALS}" in reason, reason
     assert after == shown
     assert plain_dashboard_importances(sqlite_url, enough) != plain_before
@@ -475,14 +573,15 @@ def test_a_study_runs_clean_while_the_dashboard_polls_its_sqlite_file(
                 for page in pages:
                     try:
                         with urllib.request.urlopen(page, timeout=60) as response:
-                            answers.append(response.status)
+                            body = json.load(response)
+                            # Too few complete trials yet: the importance request gets why.
+                            withheld = "importance not shown" in body.get("withheld", "")
+                            answers.append("withheld" if withheld else response.status)
                             if page.endswith(str(identifier)):
-                                states = [t["state"] for t in json.load(response)["trials"]]
+                                states = [t["state"] for t in body["trials"]]
                                 seen_running.append(states.count("Running"))
                     except urllib.error.HTTPError as error:
-                        # Too few complete trials yet: the importance request gets the reason.
-                        withheld = "importance not shown" in json.load(error).get("reason", "")
-                        answers.append("withheld" if error.code == 400 and withheld else error.code)
+                        answers.append(error.code)
                 stop_polling.wait(0.2)
 
         poller = threading.Thread(target=poll, daemon=True)

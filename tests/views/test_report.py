@@ -17,11 +17,13 @@ from tests.trials import confirmation_runs
 from tuner.cli import build_parser, main
 from tuner.errors import EmptyStudyError, StudyNotFoundError
 from tuner.execution.worker import run_worker
+from tuner.spec import load_spec
 from tuner.storage.rdb import open_storage
 from tuner.study import lifecycle as studies
 from tuner.study.importance import MIN_TRIALS, ParameterImportances, parameter_importances
 from tuner.views import report
 
+ROOT = Path(__file__).parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALWAYS = ("best_by_optimizer", "learning_curves", "history", "importance")
 
@@ -374,3 +376,69 @@ def test_the_top_trials_name_the_learning_rate_once(built: dict) -> None:
     header = table.split("</tr>", 1)[0]
     assert "learning rate" not in header and "configuration" in header
     assert "lr=" in table
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:PedAnovaImportanceEvaluator computes")
+def test_the_shipped_quickstart_ends_with_importances(sqlite_url: str) -> None:
+    """`make demo` runs studies/quickstart.toml: it must end with enough results for the
+    importances it exists to show (one worker here; two interleave differently, but with no
+    pruner only a divergence takes a trial from the count)."""
+    spec = load_spec(ROOT / "studies" / "quickstart.toml")
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    run_worker(spec, sqlite_url)
+    study = optuna.load_study(study_name="quickstart", storage=sqlite_url)
+    importances = parameter_importances(study.trials, study.direction, "loss")
+    assert importances.withheld is None
+    assert "optimizer" in importances.overall.importances
+    assert "optimizer" in importances.ped_anova
+
+
+def test_the_landscape_says_what_its_paths_are(
+    built: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only each epoch's end is recorded: the figure draws those positions as dots that show
+    on their lines, and says that the straight lines between them are no optimizer's steps."""
+    import importlib
+
+    from tuner.views.report import figures
+    from tuner.views.report.snapshot import StudySnapshot
+
+    # The module (the package names its function `landscape` too).
+    landscape = importlib.import_module("tuner.views.report.landscape")
+    study = built["studies"]["report-rosenbrock"]
+    snapshot = StudySnapshot.read(study, built["url"])
+    drawn = []
+    monkeypatch.setattr(landscape, "save", lambda figure, path: drawn.append(figure) or path)
+    landscape.landscape(snapshot, figures.colours(snapshot), tmp_path / "landscape.png")
+    (axes,) = drawn[0].axes
+    assert "each epoch's end" in axes.get_title()
+    assert "steps within an epoch" in axes.get_xlabel() and "not recorded" in axes.get_xlabel()
+    paths = [line for line in axes.get_lines() if len(line.get_xdata()) > 1]
+    assert paths
+    for line in paths:
+        assert line.get_marker() == "o" and line.get_markersize() > line.get_linewidth()
+
+
+def test_the_last_diverged_trial_is_marked_whole_in_the_history(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.study.test_results import study_with, trial
+    from tuner.views.report import figures
+    from tuner.views.report.snapshot import StudySnapshot
+
+    trials = [trial("sgd", 10.0**-index) for index in range(30)]
+    trials.append(trial("sgd", math.inf, diverged="diverged in epoch 1: loss nan"))
+    study = study_with(sqlite_url, trials)
+    study.set_user_attr("spec", {"search": {"optimizers": ["sgd"]}})
+    snapshot = StudySnapshot.read(study, sqlite_url)
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda figure, path: drawn.append(figure) or path)
+    figures.history(snapshot, figures.colours(snapshot), tmp_path / "history.png")
+    (axes,) = drawn[0].axes
+    drawn[0].canvas.draw()
+    low, high = axes.get_xlim()
+    assert low <= -1.0 and high >= 30 + 1.0  # a trial's width of room beyond the last
+    # The legend sits beside the axes, over none of the markers.
+    legend = axes.get_legend().get_window_extent()
+    assert legend.x0 >= axes.get_window_extent().x1

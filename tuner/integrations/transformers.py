@@ -21,7 +21,7 @@ Needs the extra ``tuner[transformers]``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -29,7 +29,9 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from tuner.config import TrainingConfig
 from tuner.execution.trial import Trial
 from tuner.integrations import Reporter
-from tuner.search.schedules import Scheduler
+
+if TYPE_CHECKING:
+    from tuner.search.schedules import Scheduler
 
 
 class TunerCallback(TrainerCallback):

@@ -14,9 +14,10 @@ import importlib
 import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:  # the registry is data: reading a study (tuner status) needs no torch
+    import torch
 
 Scale = Literal["log", "linear", "log_complement", "int"]
 

@@ -67,7 +67,7 @@ def _random(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
 # CMA-ES, QMC and GP model the parameters every trial shares with one distribution
 # (tuner.search.space samples a knob whose range differs per optimizer as its position in range
 # so that the learning rate is always one of them) and sample the knobs only some
-# optimizers have, and CMA-ES the optimizer itself, independently, by design (README:
+# optimizers have, and CMA-ES the optimizer itself, independently, by design (docs/reference.md:
 # how samplers see the space). They would warn about that for every such knob of every
 # trial, so they are told not to.
 def _cmaes(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:

@@ -8,10 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal, TypeAlias
 
-import torch
-from torch.optim import lr_scheduler
+if TYPE_CHECKING:
+    import torch
+    from torch.optim import lr_scheduler
+
+    Scheduler: TypeAlias = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau
+
+
+def _schedulers() -> ModuleType:
+    """torch's lr_scheduler, imported when a schedule is built: the registry is data that
+    reading a study (tuner status, the study note) uses without torch."""
+    from torch.optim import lr_scheduler
+
+    return lr_scheduler
+
 
 #: Factor the LR falls to by the end of a run for step and exponential decay; cosine decays to 0.
 FINAL_LR_FACTOR = 0.01
@@ -28,9 +41,6 @@ class Horizon:
     direction: Literal["minimize", "maximize"]
 
 
-Scheduler = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau
-
-
 @dataclass(frozen=True)
 class Schedule:
     """One registry entry: a one-line description (the study note) and its builder."""
@@ -42,19 +52,20 @@ class Schedule:
 def _step(optimizer: torch.optim.Optimizer, run: Horizon) -> Scheduler:
     # Two drops by 10×, at a third and two thirds of the run: the classic ResNet recipe.
     milestones = [max(1, run.total_steps // 3), max(2, 2 * run.total_steps // 3)]
-    return lr_scheduler.MultiStepLR(optimizer, milestones, gamma=FINAL_LR_FACTOR**0.5)
+    return _schedulers().MultiStepLR(optimizer, milestones, gamma=FINAL_LR_FACTOR**0.5)
 
 
 def _warmup_cosine(optimizer: torch.optim.Optimizer, run: Horizon) -> Scheduler:
     total_steps = run.total_steps
     warmup_steps = max(1, round(run.warmup_fraction * total_steps))
+    schedulers = _schedulers()
     if warmup_steps >= total_steps:
-        return lr_scheduler.LinearLR(optimizer, WARMUP_START_FACTOR, 1.0, total_steps)
-    return lr_scheduler.SequentialLR(
+        return schedulers.LinearLR(optimizer, WARMUP_START_FACTOR, 1.0, total_steps)
+    return schedulers.SequentialLR(
         optimizer,
         [
-            lr_scheduler.LinearLR(optimizer, WARMUP_START_FACTOR, 1.0, warmup_steps),
-            lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps),
+            schedulers.LinearLR(optimizer, WARMUP_START_FACTOR, 1.0, warmup_steps),
+            schedulers.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps),
         ],
         milestones=[warmup_steps],
     )
@@ -64,23 +75,23 @@ def _warmup_cosine(optimizer: torch.optim.Optimizer, run: Horizon) -> Scheduler:
 SCHEDULES: dict[str, Schedule] = {
     "constant": Schedule(
         "no decay",
-        lambda optimizer, run: lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0),
+        lambda optimizer, run: _schedulers().ConstantLR(optimizer, factor=1.0, total_iters=0),
     ),
     "step": Schedule("step decay", _step),
     "exponential": Schedule(
         "exponential decay",
-        lambda optimizer, run: lr_scheduler.ExponentialLR(
+        lambda optimizer, run: _schedulers().ExponentialLR(
             optimizer, gamma=FINAL_LR_FACTOR ** (1 / run.total_steps)
         ),
     ),
     "cosine": Schedule(
         "cosine decay",
-        lambda optimizer, run: lr_scheduler.CosineAnnealingLR(optimizer, T_max=run.total_steps),
+        lambda optimizer, run: _schedulers().CosineAnnealingLR(optimizer, T_max=run.total_steps),
     ),
     "warmup_cosine": Schedule("linear warmup then cosine decay", _warmup_cosine),
     "plateau": Schedule(
         "ReduceLROnPlateau on the metric",
-        lambda optimizer, run: lr_scheduler.ReduceLROnPlateau(
+        lambda optimizer, run: _schedulers().ReduceLROnPlateau(
             optimizer, mode="min" if run.direction == "minimize" else "max", factor=0.5, patience=1
         ),
     ),
@@ -113,4 +124,4 @@ def build_scheduler(
 
 def steps_per_epoch_scheduler(scheduler: Scheduler) -> bool:
     """Whether the scheduler steps after every optimizer step (all but ReduceLROnPlateau)."""
-    return not isinstance(scheduler, lr_scheduler.ReduceLROnPlateau)
+    return not isinstance(scheduler, _schedulers().ReduceLROnPlateau)

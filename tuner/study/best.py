@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 from tuner.config import TrainingConfig
 from tuner.errors import EmptyStudyError
-from tuner.study.results import open_study, ranked_by_optimizer
+from tuner.study.results import describe_seeds, format_param, open_study, ranked_by_optimizer
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +53,46 @@ class BestConfig(TrainingConfig):
     mean: float | None = None
     spread: float | None = None
     failed_seeds: int = 0
+
+    def rows(self) -> list[tuple[str, str]]:
+        """What it is, in (name, value) rows of plain text: the value it reached, then every
+        setting (`tuner best` draws them as a table, ``str()`` as aligned lines)."""
+        lookahead = self.lookahead
+        return [
+            (self.metric, f"{self.value:.6g} ({self.direction}), on the search's seed"),
+            (
+                "fresh seeds",
+                describe_seeds(self.mean, self.spread, self.seeds, self.failed_seeds),
+            ),
+            ("optimizer", f"{self.optimizer}  [{self.target}]"),
+            ("learning_rate", f"{self.learning_rate:.6g}"),
+            ("momentum", "—" if self.momentum is None else f"{self.momentum:.6g}"),
+            ("weight_decay", f"{self.weight_decay:.6g}"),
+            *[
+                (key, f"{value:.6g}" if isinstance(value, float) else str(value))
+                for key, value in self.hyperparameters.items()
+            ],
+            (
+                "schedule",
+                self.schedule
+                + (f" (warmup {self.warmup_fraction:.1%})" if self.warmup_fraction else ""),
+            ),
+            ("max_grad_norm", "off" if self.max_grad_norm is None else f"{self.max_grad_norm:.4g}"),
+            ("batch_size", "—" if self.batch_size is None else str(self.batch_size)),
+            (
+                "lookahead",
+                "off" if lookahead is None else f"k={lookahead[0]}, alpha={lookahead[1]:.3g}",
+            ),
+            *[(name, format_param(value)) for name, value in self.params.items()],
+        ]
+
+    def __str__(self) -> str:
+        """A few readable lines (``print(cfg)``); ``repr()`` keeps every field."""
+        rows = self.rows()
+        width = max(len(name) for name, _ in rows)
+        lines = [f"Best of study {self.study} (trial {self.trial_number}):"]
+        lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+        return "\n".join(lines)
 
     def build_scheduler(
         self,

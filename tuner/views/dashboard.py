@@ -21,9 +21,20 @@ and counts confirmation runs and warm-start copies, which credit whatever the wi
 So `search_importances` answers its importance request itself, with the very computation
 `tuner report` shows (tuner.study.importance): PED-ANOVA at the dashboard's defaults over the
 search's own results, or the reason while there are fewer than
-`tuner.study.importance.MIN_TRIALS`; the page then says "Failed to load hyperparameter importance
-(reason=...)" where the chart would be. Plain ``optuna-dashboard`` on the same database
-still counts every complete trial, as the study note says.
+`tuner.study.importance.MIN_TRIALS`. The dashboard's page knows only two answers, bars or
+an error it pops as a red "Failed to load hyperparameter importance" toast over a blank
+panel; so a withheld answer is an empty chart with the reason beside it, and `explained`
+adds one small script to the page that writes that reason into the panel, in words. Plain
+``optuna-dashboard`` on the same database still counts every complete trial, as the study
+note says.
+
+Readable pages: optuna-dashboard shows every user attribute as one unbroken line, so a
+trial's ``curve`` (its per-epoch record, up to 1,024 characters of JSON) made each trial page
+some 9,600 px wide, its ``config`` some 3,400, and the study's ``spec`` was a blob cut at the
+edge. `readable` shows the config one setting a line, and the others as a line that says where
+to read them (the learning-curve artifact, the study note); the database keeps them whole for
+`tuner report` and `best_config()`. A diverged trial, which Optuna records as Complete, shows
+its ``diverged`` reason first and as its note while it has none of its own.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from tuner.errors import TunerError
+from tuner.study.results import DIVERGED_ATTR
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -47,6 +59,52 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 #: optuna-dashboard's importance request (its REST API, as its page calls it).
 _IMPORTANCE_REQUEST = re.compile(r"/api/studies/(\d+)/param_importances")
+#: optuna-dashboard's answers that carry user attributes: the studies, and one study in detail.
+_STUDY_REQUEST = re.compile(r"/api/studies(/\d+)?")
+#: What `readable` shows in place of the attributes too long to read on a page.
+_SHOWN_AS = {
+    "curve": "the per-epoch record, drawn as the learning curve under Artifacts below",
+    "spec": "the study file as tuner recorded it: the study's Note says it in words",
+}
+#: optuna-dashboard's page: every path under /dashboard is its one HTML page.
+_PAGE_REQUEST = re.compile(r"/dashboard(/.*)?")
+#: Where `explained` serves its script: the page's Content-Security-Policy runs scripts from
+#: the dashboard's own origin only, never inline ones.
+_SCRIPT_PATH = "/tuner/importance-withheld.js"
+#: Writes a withheld importance's reason into the dashboard's importance panel. It reads the
+#: answers to the page's own importance requests (by study), and whenever the panel of a
+#: study whose importances are withheld is on the page, puts the reason in it.
+_SCRIPT = r"""(() => {
+  const reasons = new Map();
+  const answered = /\/api\/studies\/(\d+)\/param_importances$/;
+  const fetched = window.fetch.bind(window);
+  window.fetch = async (...args) => {
+    const response = await fetched(...args);
+    const request = answered.exec(String(args[0] instanceof Request ? args[0].url : args[0]));
+    if (request !== null && response.ok) {
+      response.clone().json().then((body) => {
+        reasons.set(request[1], body.withheld ?? null);
+        explain();
+      }).catch(() => {});
+    }
+    return response;
+  };
+  const explain = () => {
+    const panel = document.getElementById("graph-hyperparameter-importances");
+    const study = /\/dashboard\/studies\/(\d+)/.exec(window.location.pathname);
+    const reason = panel && study ? reasons.get(study[1]) : null;
+    const shown = document.getElementById("tuner-importance-withheld");
+    if (shown !== null && (shown.parentElement !== panel || !reason)) shown.remove();
+    if (!reason || (shown !== null && shown.parentElement === panel)) return;
+    const words = document.createElement("p");
+    words.id = "tuner-importance-withheld";
+    words.style.cssText = "margin: 2em; font-size: 1.1em; opacity: 0.8";
+    words.textContent = reason.charAt(0).toUpperCase() + reason.slice(1) + ".";
+    panel.appendChild(words);
+  };
+  new MutationObserver(explain).observe(document, { childList: true, subtree: true });
+})();
+"""
 
 
 class _ThreadedServer(ThreadingMixIn, WSGIServer):
@@ -87,9 +145,9 @@ def bind(host: str, port: int) -> WSGIServer:
 
 def search_importances(app: WSGIApp, storage: BaseStorage) -> WSGIApp:
     """Wrap optuna-dashboard's WSGI app so that its importance chart shows what `tuner report`
-    shows: PED-ANOVA over the search's results, or the reason there is none yet (HTTP 400, as
-    the dashboard reports its own failures); every other request goes to the dashboard
-    unchanged."""
+    shows: PED-ANOVA over the search's results, or no bars and the reason there are none yet
+    (``withheld``, which `explained` shows in the panel); every other request goes to the
+    dashboard unchanged."""
     from optuna.trial import TrialState
 
     from tuner.study.importance import ped_anova, search_results, withheld
@@ -108,8 +166,11 @@ def search_importances(app: WSGIApp, storage: BaseStorage) -> WSGIApp:
         trials = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,))
         results = search_results(trials)
         reason = withheld(len(results))
-        if reason is not None:
-            return "400 Bad Request", {"reason": f"importance not shown: {reason}"}
+        if reason is not None:  # no bars, not an error: the page would pop a red toast
+            return "200 OK", {
+                "param_importances": [],
+                "withheld": f"importance not shown: {reason}",
+            }
         count, reply = answered.get(study_id, (0, {}))
         if count != len(results):
             kinds = {n: type(d).__name__ for t in results for n, d in t.distributions.items()}
@@ -139,6 +200,122 @@ def search_importances(app: WSGIApp, storage: BaseStorage) -> WSGIApp:
         return [body]
 
     return routed
+
+
+def _config_lines(value: str) -> list[dict[str, str]]:
+    """A trial's ``config`` (serialized JSON) as one line per setting it uses, ``config.
+    learning_rate``, ``config.hyperparameters.beta1``...: one line of all of them is some
+    3,400 px. Unused settings (null, empty) are left out; JSON optuna-dashboard cut at its
+    1,024 characters stays as it is."""
+    try:
+        config = json.loads(value)
+    except ValueError:
+        return [{"key": "config", "value": value}]
+
+    def lines(prefix: str, item: Any) -> list[dict[str, str]]:
+        if isinstance(item, dict):
+            return [line for k, v in item.items() for line in lines(f"{prefix}.{k}", v)]
+        if item is None:
+            return []
+        return [{"key": prefix, "value": item if isinstance(item, str) else json.dumps(item)}]
+
+    return lines("config", config)
+
+
+def _readable_attrs(owner: dict[str, Any]) -> None:
+    """Shorten a study's or trial's serialized user attributes in place (see `readable`), the
+    diverged reason first; a diverged trial with no note of its own gets the reason as one."""
+    attrs = []
+    for attr in owner.get("user_attrs", []):
+        key, value = attr["key"], _SHOWN_AS.get(attr["key"], attr["value"])
+        attrs += _config_lines(value) if key == "config" else [{"key": key, "value": value}]
+    attrs.sort(key=lambda attr: attr["key"] != DIVERGED_ATTR)  # stable: the rest keep order
+    owner["user_attrs"] = attrs
+    reason = next((a["value"] for a in attrs if a["key"] == DIVERGED_ATTR), None)
+    note = owner.get("note")
+    if reason is not None and isinstance(note, dict) and not note.get("body"):
+        # Version 0 as optuna-dashboard gives a note never saved: editing it saves the first.
+        owner["note"] = {
+            "version": note.get("version", 0),
+            "body": (
+                f"**Diverged**: {reason}.\n\nRecorded as Complete with the worst value and "
+                "marked infeasible, so that the samplers learn to avoid it; it is no result "
+                "(`tuner best`, `best_config()` and `tuner report` leave it out)."
+            ),
+        }
+
+
+def readable(app: WSGIApp) -> WSGIApp:
+    """Wrap optuna-dashboard's WSGI app so that its study and trial pages stay readable: the
+    answers that carry user attributes have the long ones shortened and a diverged trial's
+    reason in sight (`_readable_attrs`); every other request goes to the dashboard unchanged."""
+
+    def answered(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if _STUDY_REQUEST.fullmatch(environ.get("PATH_INFO", "")) is None:
+            return app(environ, start_response)
+        status, headers, body = _collected(app, environ)
+        if status.startswith("200"):
+            answer = json.loads(body)
+            for owner in [
+                answer,
+                *answer.get("study_summaries", []),
+                *answer.get("trials", []),
+                *answer.get("best_trials", []),
+            ]:
+                _readable_attrs(owner)
+            body = json.dumps(answer).encode()
+            headers = _with_length(headers, body)
+        start_response(status, headers)
+        return [body]
+
+    return answered
+
+
+def _collected(app: WSGIApp, environ: dict[str, Any]) -> tuple[str, list[Any], bytes]:
+    """Run `app` on one request and collect its whole answer: status, headers and body."""
+    answer: list[Any] = []
+    chunks = app(environ, lambda status, headers, *rest: answer.extend([status, headers]))
+    try:
+        body = b"".join(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return answer[0], answer[1], body
+
+
+def _with_length(headers: list[tuple[str, str]], body: bytes) -> list[tuple[str, str]]:
+    """`headers` for a rewritten `body`: its own length, and no date of the file it came from."""
+    kept = [(k, v) for k, v in headers if k.lower() not in ("content-length", "last-modified")]
+    return [*kept, ("Content-Length", str(len(body)))]
+
+
+def explained(app: WSGIApp) -> WSGIApp:
+    """Wrap a WSGI app so that optuna-dashboard's page loads the script that writes a withheld
+    importance's reason into the importance panel (`search_importances`), and serve it."""
+    tag = f'<script src="{_SCRIPT_PATH}"></script>'.encode()
+    script = _SCRIPT.encode()
+
+    def answered(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == _SCRIPT_PATH:
+            headers = [("Content-Type", "text/javascript"), ("Content-Length", str(len(script)))]
+            start_response("200 OK", headers)
+            return [script]
+        if _PAGE_REQUEST.fullmatch(path) is None:
+            return app(environ, start_response)
+        # The whole page each time: a 304 would let a browser keep a copy cached from plain
+        # optuna-dashboard on the same port, without the script.
+        environ = {k: v for k, v in environ.items() if k != "HTTP_IF_MODIFIED_SINCE"}
+        status, headers, body = _collected(app, environ)
+        if status.startswith("200"):
+            # Before the page's deferred bundle runs, so the bundle's requests are read.
+            body = body.replace(b"</head>", tag + b"\n</head>", 1)
+            headers = _with_length(headers, body)
+        start_response(status, headers)
+        return [body]
+
+    return answered
 
 
 def same_origin(app: WSGIApp) -> WSGIApp:
@@ -183,7 +360,7 @@ def serve(storage: str | None, host: str, port: int) -> int:
         storage = open_storage(url)
         store = artifact_store(url)
         app = optuna_dashboard.wsgi(storage, artifact_store=store)
-        server.set_app(same_origin(search_importances(app, storage)))
+        server.set_app(same_origin(explained(readable(search_importances(app, storage)))))
         studies = len(optuna.get_all_study_names(storage))
         shown_host = f"[{host}]" if ":" in host else host
         print(

@@ -7,7 +7,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -28,7 +27,9 @@ from tuner.study.results import (
     count_outcomes,
     count_sentence,
     count_states,
+    describe_seeds,
     diverged,
+    format_param,
     outside_budget,
     ranked_by_optimizer,
     states_by_optimizer,
@@ -175,29 +176,6 @@ def describe_config(config: TrainingConfig | None) -> str:
     if config.lookahead:
         parts.append(f"lookahead(k={config.lookahead[0]}, α={config.lookahead[1]:.2g})")
     parts += [f"{name}={format_param(value)}" for name, value in config.params.items()]
-    return ", ".join(parts)
-
-
-def format_param(value: Any) -> str:
-    """A user's parameter short: a float to 4 significant digits, anything else as it is."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def describe_seeds(mean: float | None, spread: float | None, seeds: int, failed: int) -> str:
-    """How a configuration did when re-trained on fresh seeds (tuner.study.confirmation), e.g.
-    ``0.9812 ± 0.0041 over 3 fresh seeds``, or that it never was."""
-    if not seeds:
-        return "not confirmed (one run on one seed)"
-    parts = []
-    if mean is not None:
-        completed = seeds - failed
-        spread_text = "" if spread is None else f" ± {spread:.2g}"
-        parts.append(
-            f"{format_value(mean)}{spread_text} over {completed} fresh "
-            f"seed{'s' if completed != 1 else ''}"
-        )
-    if failed:
-        parts.append(f"failed on {failed} of {seeds} fresh seeds")
     return ", ".join(parts)
 
 

@@ -13,7 +13,8 @@ and one self-contained ``index.html`` shows them with the study's facts and its 
 - ``importance.png``: PED-ANOVA and fANOVA parameter importances, or why none is shown.
 
 Everything is read from the study database: the trials' ``config`` and ``curve`` user
-attributes and the study's ``spec`` (see the README's "what each trial records").
+attributes and the study's ``spec`` (docs/reference.md, "Where studies live", says what each
+trial records).
 """
 
 from __future__ import annotations

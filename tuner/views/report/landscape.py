@@ -107,14 +107,19 @@ def _landscape_2d(
             else:
                 label = f"{optimizer}{lr_note(trial)}, trial {trial.number}: "
                 label += format_value(trial.value)
+        linewidth = 1.2 if many else max(4.5 - 1.5 * index, 1.5)
         axes.plot(
             points[:, 0],
             points[:, 1],
             color=colour,
-            linewidth=1.2 if many else max(4.5 - 1.5 * index, 1.5),
+            linewidth=linewidth,
             alpha=0.6 if many else 0.9,
+            # Each recorded position (an epoch's end) as a dot wider than its line, edged in
+            # white so that it shows on the line and on the paths beneath.
             marker="o",
-            markersize=2.5,
+            markersize=linewidth + 3.0,
+            markeredgecolor="white",
+            markeredgewidth=0.6,
             markevery=max(1, len(points) // 50),
             label=label,
             zorder=3 + index,
@@ -124,12 +129,22 @@ def _landscape_2d(
         )
     axes.set_xlim(xs[0], xs[-1])
     axes.set_ylim(ys[0], ys[-1])
-    axes.set_xlabel("x")
+    # Only each epoch's end is recorded: a straight line between two is no step the optimizer
+    # took, and may cut across a ridge its steps went around (said under the axis, where the
+    # layout keeps room for it).
+    axes.set_xlabel(
+        "x\n\nLines join the positions recorded at each epoch's end; the steps within an "
+        "epoch\nare not recorded, and may have curved around what a line crosses.",
+        fontsize=9,
+    )
     axes.set_ylabel("y")
     axes.legend(fontsize=8, loc="best")
     axes.set_title(
-        f"{snapshot.name}\n{name}: paths of {which} (dots: epochs, × the end)", fontsize=11
+        f"{snapshot.name}\n{name}: paths of {which} (•: the position at each epoch's end, "
+        "×: the last)",
+        fontsize=11,
     )
+
     return save(figure, path)
 
 
