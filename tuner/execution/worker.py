@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import optuna
 import torch
@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 
 from tuner.config import TrainingConfig
 from tuner.errors import StorageUnreachableError
+from tuner.execution.checkpointing import TrialCheckpoints
 from tuner.execution.stacked import StackedTrials, can_stack, stack_key
 from tuner.execution.train import (
     EpochResult,
@@ -136,6 +137,7 @@ class _Slot:
     config: TrainingConfig | None = None
     record: TrainingRecord = field(default_factory=TrainingRecord)
     epochs: int = 0
+    checkpoints: TrialCheckpoints | None = None
 
 
 #: Trains one trial with the user's own loop (a training function or a command) to its end.
@@ -160,6 +162,8 @@ class _Group(Protocol):
     def step(self) -> list[Hashable]: ...
     def end_epoch(self, key: Hashable) -> EpochResult: ...
     def remove(self, keys: list[Hashable]) -> None: ...
+    def state_dict(self, key: Hashable) -> dict[str, Any]: ...
+    def load_state_dict(self, key: Hashable, state: dict[str, Any]) -> None: ...
 
 
 class _Alone:
@@ -177,6 +181,12 @@ class _Alone:
 
     def remove(self, keys: list[int]) -> None:
         self.keys = [key for key in self.keys if key not in keys]
+
+    def state_dict(self, key: int) -> dict[str, Any]:
+        return self.training.state_dict()
+
+    def load_state_dict(self, key: int, state: dict[str, Any]) -> None:
+        self.training.load_state_dict(state)
 
 
 def settle(run: Callable[[], float]) -> tuple[TrialState, float | None, str | None]:
@@ -228,7 +238,10 @@ class _Running:
 
     def start(self, trial: optuna.Trial) -> None:
         """Sample a claimed trial's configuration, record it, and give the trial a place."""
-        slot = _Slot(trial, trial_seed(self.spec.seed, trial.number))
+        checkpoints = TrialCheckpoints(trial, self.spec)
+        # A re-run keeps its line's seed stream: resumed, it continues where the first stopped.
+        slot = _Slot(trial, trial_seed(self.spec.seed, checkpoints.file.origin))
+        slot.checkpoints = checkpoints
         self.slots[trial.number] = slot
         storage = rdb_backend(trial.storage)
         if storage.get_heartbeat_interval() is not None:
@@ -248,7 +261,15 @@ class _Running:
             self._end(trial.number, state, None, reason)
         elif self.user_loop is not None:
             # The user's code owns its loop: the trial trains to its end here, heartbeats on.
-            handle = Trial(trial, self.spec, slot.config, slot.seed, self.device, slot.record)
+            handle = Trial(
+                trial,
+                self.spec,
+                slot.config,
+                slot.seed,
+                self.device,
+                slot.record,
+                checkpoints=checkpoints,
+            )
             state, value, reason = settle(partial(self.user_loop, handle))
             self._end(trial.number, state, value, reason)
 
@@ -301,19 +322,41 @@ class _Running:
             self._stackable = can_stack(build_trainable(self.spec.workload, context))
         return self._stackable
 
-    def _place(self, number: int, slot: _Slot) -> None:
+    def _place(self, number: int, slot: _Slot, resume: bool = True) -> None:
+        """Give the trial a place in a group; a re-run resumes from its line's checkpoint
+        (one its training cannot load is named and the trial starts afresh)."""
         config = slot.config
         settings = vectorized_settings(config) if self._stacking() else None
         if settings is None:
             training = TrialTraining(self.spec, config, slot.seed, self.device)
-            self.groups[("alone", number)] = _Alone(number, training)
+            key: Hashable = ("alone", number)
+            self.groups[key] = group = _Alone(number, training)
+        else:
+            key = stack_key(config, settings)
+            group = self.groups.get(key) or StackedTrials(
+                self.spec, settings, config.batch_size, self.device
+            )
+            group.add(number, config, slot.seed, settings)
+            self.groups[key] = group  # registered once it holds the trial
+        checkpoint = slot.checkpoints.load() if resume else None
+        if checkpoint is None:
             return
-        key = stack_key(config, settings)
-        stack = self.groups.get(key) or StackedTrials(
-            self.spec, settings, config.batch_size, self.device
-        )
-        stack.add(number, config, slot.seed, settings)
-        self.groups[key] = stack  # registered once it holds the trial
+        try:
+            group.load_state_dict(number, checkpoint.state)
+        except Exception as error:  # written by other code: its state does not fit
+            logger.warning(
+                "checkpoint %s not resumed from: %s: %s; starting at epoch 1",
+                slot.checkpoints.file.path,
+                type(error).__name__,
+                error,
+            )
+            group.remove([number])
+            if not group.keys:
+                del self.groups[key]
+            self._place(number, slot, resume=False)
+            return
+        slot.checkpoints.resumed(checkpoint, slot.record)
+        slot.epochs = checkpoint.epoch
 
     def _close_epoch(self, group: _Group, number: int) -> bool:
         """Judge one trial's finished epoch; True when the trial has ended."""
@@ -324,6 +367,8 @@ class _Running:
                 slot.trial, self.spec, slot.record, slot.epochs, group.end_epoch(number)
             )
         )
+        if state is TrialState.COMPLETE and slot.checkpoints.due(slot.epochs):
+            slot.checkpoints.save(slot.epochs, group.state_dict(number), slot.record)
         if state is TrialState.COMPLETE and slot.epochs < self.spec.budget.epochs:
             return False
         self._end(number, state, value, reason)
@@ -384,10 +429,15 @@ def _finish(
         trial.set_constraint("diverged", 1.0 if DIVERGED_ATTR in attributes else 0.0)
     # Before tell: a finished trial takes no more attributes.
     recorder.record(trial, state, record.curve, attributes["wall_seconds"], _title(slot))
+    diverged = DIVERGED_ATTR in attributes
+    if slot.checkpoints is not None:
+        slot.checkpoints.before_tell(state, diverged)
     try:
         rdb_backend(trial.storage).set_trial_user_attrs(internals.trial_id(trial), attributes)
         # A pruned trial keeps its last reported value, as in study.optimize().
         study.tell(trial, value if state is TrialState.COMPLETE else None, state=state)
+        if slot.checkpoints is not None:
+            slot.checkpoints.after_tell(study, state, diverged)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Another process failed it as stale (this worker missed its heartbeats); its retry
         # is already queued, so there is nothing left to record here.
