@@ -52,6 +52,7 @@ from tuner.search.vectorized_optimizers import vectorized_settings
 from tuner.spec import StudySpec
 from tuner.storage import optuna_internals as internals
 from tuner.storage.artifacts import LearningCurveRecorder, TrialRecorder
+from tuner.storage.checkpoints import one_line
 from tuner.storage.rdb import open_storage, rdb_backend
 from tuner.study import lifecycle as studies
 from tuner.study.results import DIVERGED_ATTR
@@ -345,10 +346,9 @@ class _Running:
             group.load_state_dict(number, checkpoint.state)
         except Exception as error:  # written by other code: its state does not fit
             logger.warning(
-                "checkpoint %s not resumed from: %s: %s; starting at epoch 1",
+                "checkpoint %s not resumed from: %s; starting at epoch 1",
                 slot.checkpoints.file.path,
-                type(error).__name__,
-                error,
+                one_line(error),
             )
             group.remove([number])
             if not group.keys:

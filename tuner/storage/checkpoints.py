@@ -42,6 +42,11 @@ def origin_of(number: int, system_attrs: dict[str, Any]) -> int:
     return int(system_attrs.get(ORIGIN_KEY, system_attrs.get("failed_trial", number)))
 
 
+def one_line(error: BaseException) -> str:
+    """An error as one line of a warning (torch's load errors span several)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
 def checkpoint_folder(storage: str | optuna.storages.BaseStorage | None, study: str) -> Path:
     """Where a study's checkpoints live (not created)."""
     return artifact_dir(storage) / "checkpoints" / study
@@ -138,7 +143,7 @@ class CheckpointFile:
             envelope = torch.load(self.path, map_location="cpu", weights_only=False)
             why = self._foreign(envelope)
         except Exception as error:  # a corrupt file is any error unpickling can raise
-            why = f"unreadable ({type(error).__name__}: {error})"
+            why = f"unreadable ({one_line(error)})"
         if why is not None:
             logger.warning(
                 "checkpoint %s not resumed from: %s; starting at epoch 1", self.path, why
@@ -159,8 +164,10 @@ class CheckpointFile:
         return None
 
     def discard(self) -> None:
-        """Delete the line's checkpoint (its trial finished)."""
-        self.path.unlink(missing_ok=True)
+        """Delete the line's checkpoint (its trial finished), and any temporary file a writer
+        killed mid-write left beside it."""
+        for path in self.folder.glob(f"{self.path.name}*"):
+            path.unlink(missing_ok=True)
 
     def keep(self, number: int) -> None:
         """Keep the checkpoint as finished trial `number`'s (see kept_checkpoint)."""
