@@ -25,12 +25,9 @@ from tuner.storage.checkpoints import (
     origin_of,
 )
 from tuner.storage.rdb import rdb_backend
+from tuner.study.results import RESUMED_FROM_ATTR
 
 logger = logging.getLogger(__name__)
-
-#: The user attribute of a trial that resumed from a checkpoint: the trial that wrote it and
-#: the epoch it was written after (``tuner status`` and the dashboard show it).
-RESUMED_FROM_ATTR = "resumed_from"
 
 
 def trial_origin(trial: optuna.Trial) -> int:
