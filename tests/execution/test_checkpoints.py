@@ -266,3 +266,58 @@ def test_without_keep_best_no_checkpoint_outlives_its_trial(sqlite_url: str) -> 
     run_worker(spec, sqlite_url, threads=1)
     assert not [p for p in checkpoint_folder(sqlite_url, "unkept").rglob("*") if p.is_file()]
     assert best_config("unkept", storage=sqlite_url).checkpoint is None
+
+
+STACKED_EPOCHS = 12
+
+
+def stacked_spec(name: str) -> StudySpec:
+    """Three regression trials that stack (Adam) in one worker, pruning off."""
+    return build_spec(
+        name=name,
+        workload={"name": "mlp_regression", "options": {"samples": 4_000}},
+        search={"optimizers": ["adam"], "weight_decay": "off", "batch_sizes": [32]},
+        budget={"trials": 3, "epochs": STACKED_EPOCHS},
+        pruner={"name": "none"},
+        execution={**FAST_HEARTBEAT, "trials_per_worker": 3},
+    )
+
+
+@pytest.mark.slow  # two workers and a reference train three 12-epoch regressions each
+def test_a_sigkilled_stacked_worker_s_trials_resume_and_end_as_if_never_killed(
+    tuner_process: Callable[..., subprocess.Popen], sqlite_url: str, tmp_path: Path
+) -> None:
+    spec = stacked_spec("stacked")
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    victim = tuner_process("worker", "stacked", "--storage", sqlite_url, "--threads", "1")
+
+    def all_part_way() -> bool:
+        epochs = [len(t.intermediate_values) for t in trials_of("stacked", sqlite_url)]
+        return len(epochs) == 3 and all(2 <= e <= STACKED_EPOCHS // 2 for e in epochs)
+
+    wait_for(all_part_way, 180, "the victim to be part-way through three stacked trials")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed = trials_of("stacked", sqlite_url)
+
+    rescuer = tuner_process("worker", "stacked", "--storage", sqlite_url, "--threads", "1")
+    assert rescuer.wait(timeout=300) == 0, rescuer.stderr.read()
+    retries = {
+        t.system_attrs["failed_trial"]: t
+        for t in trials_of("stacked", sqlite_url)
+        if "failed_trial" in t.system_attrs
+    }
+    assert sorted(retries) == [0, 1, 2]
+
+    url = f"sqlite:///{tmp_path / 'reference.db'}"
+    reference_spec = stacked_spec("stacked-ref")
+    study = studies.create_or_resume(reference_spec, open_storage(url))
+    for trial in killed:
+        study.enqueue_trial(trial.params)
+    run_worker(reference_spec, url, threads=1)
+    for alone in trials_of("stacked-ref", url):
+        retry = retries[alone.number]
+        assert retry.state == TrialState.COMPLETE
+        assert retry.user_attrs["resumed_from"]["epoch"] >= 1
+        assert retry.user_attrs["curve"] == alone.user_attrs["curve"]
+        assert retry.value == alone.value
