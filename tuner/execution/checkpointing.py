@@ -71,11 +71,14 @@ class TrialCheckpoints:
             return self.keep_best
         return epoch % self.every == 0
 
-    def save(self, epoch: int, state: Any, record: TrainingRecord) -> bool:
-        """Write `state` as the checkpoint after `epoch` epochs (False if not written)."""
+    def save(
+        self, epoch: int, state: Any, record: TrainingRecord, background: bool = False
+    ) -> bool:
+        """Write `state` as the checkpoint after `epoch` epochs (False if not written); in
+        the `background` for tuner's own loop (CheckpointFile.save)."""
         if self.every == 0:
             return False
-        return self.file.save(self.trial.number, epoch, state, record.curve)
+        return self.file.save(self.trial.number, epoch, state, record.curve, background)
 
     def load(self) -> Checkpoint | None:
         """The line's last checkpoint for a re-run; None for a first run, or when there is

@@ -304,6 +304,8 @@ class _Running:
         is left to go stale and be retried."""
         for number, slot in list(self.slots.items()):
             try:
+                if slot.checkpoints is not None:
+                    slot.checkpoints.file.wait()  # its re-run resumes from the last one
                 if interrupted:
                     studies.interrupt(self.study, internals.trial_id(slot.trial), reason)
                     del self.slots[number]
@@ -368,7 +370,9 @@ class _Running:
             )
         )
         if state is TrialState.COMPLETE and slot.checkpoints.due(slot.epochs):
-            slot.checkpoints.save(slot.epochs, group.state_dict(number), slot.record)
+            slot.checkpoints.save(
+                slot.epochs, group.state_dict(number), slot.record, background=True
+            )
         if state is TrialState.COMPLETE and slot.epochs < self.spec.budget.epochs:
             return False
         self._end(number, state, value, reason)

@@ -16,9 +16,11 @@ belongs elsewhere, or cannot be read, is named in a warning and not resumed from
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,13 +93,25 @@ class CheckpointFile:
         self.folder, self.study, self.origin, self.workload = folder, study, origin, workload
         self.path = folder / f"trial_{origin}.pt"
         self.broken = False  # a write failed: this trial trains on without checkpoints
+        self._writer: threading.Thread | None = None
 
-    def save(self, trial: int, epoch: int, state: Any, curve: list[dict[str, Any]]) -> bool:
-        """Write the checkpoint of `trial` after `epoch` epochs; False if it was not written."""
+    def save(
+        self,
+        trial: int,
+        epoch: int,
+        state: Any,
+        curve: list[dict[str, Any]],
+        background: bool = False,
+    ) -> bool:
+        """Write the checkpoint of `trial` after `epoch` epochs; False if it was not written.
+
+        In the `background`, the state is copied (training goes on changing its tensors) and
+        serialised and written by a thread while training continues: on a GPU an epoch is short
+        and the write, fsync included, would otherwise stall it. One write at a time, in order.
+        """
+        self.wait()
         if self.broken:
             return False
-        import torch
-
         envelope = {
             "format": CHECKPOINT_FORMAT,
             "study": self.study,
@@ -108,6 +122,24 @@ class CheckpointFile:
             "curve": [point for point in curve if point["epoch"] <= epoch],
             "state": state,
         }
+        if not background:
+            return self._write(trial, envelope)
+        envelope = copy.deepcopy(envelope)
+        self._writer = threading.Thread(
+            target=self._write, args=(trial, envelope), name="checkpoint", daemon=True
+        )
+        self._writer.start()
+        return True
+
+    def wait(self) -> None:
+        """Wait for the checkpoint being written in the background, if one is."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+
+    def _write(self, trial: int, envelope: dict[str, Any]) -> bool:
+        import torch
+
         temporary = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -133,6 +165,7 @@ class CheckpointFile:
     def load(self) -> Checkpoint | None:
         """The line's last checkpoint, or None: there is none, or it is not this line's or
         cannot be read (then a warning names it and why)."""
+        self.wait()
         if not self.path.is_file():
             return None
         import torch
@@ -166,11 +199,13 @@ class CheckpointFile:
     def discard(self) -> None:
         """Delete the line's checkpoint (its trial finished), and any temporary file a writer
         killed mid-write left beside it."""
+        self.wait()
         for path in self.folder.glob(f"{self.path.name}*"):
             path.unlink(missing_ok=True)
 
     def keep(self, number: int) -> None:
         """Keep the checkpoint as finished trial `number`'s (see kept_checkpoint)."""
+        self.wait()
         if not self.path.is_file():
             return
         kept = self.folder / "kept"
