@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tests.specs import build_spec
 from tuner.execution.worker import run_worker
-from tuner.spec import StudySpec
+from tuner.spec import StudySpec, load_spec
 from tuner.storage import optuna_internals as internals
 from tuner.storage.artifacts import artifact_dir
 from tuner.storage.checkpoints import CheckpointFile, checkpoint_folder
@@ -321,3 +321,49 @@ def test_a_sigkilled_stacked_worker_s_trials_resume_and_end_as_if_never_killed(
         assert retry.user_attrs["resumed_from"]["epoch"] >= 1
         assert retry.user_attrs["curve"] == alone.user_attrs["curve"]
         assert retry.value == alone.value
+
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+ADAPTER_EPOCHS = 8
+
+
+@pytest.mark.slow  # a framework's start-up, twice, and eight epochs
+@pytest.mark.parametrize("example", ["lightning", "transformers"])
+def test_an_adapter_s_killed_trial_continues_the_framework_s_loop_from_its_checkpoint(
+    tuner_process: Callable[..., subprocess.Popen],
+    sqlite_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    example: str,
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = load_spec(EXAMPLES / example / "study.toml")
+    spec = spec.model_copy(
+        update={
+            "budget": spec.budget.model_copy(update={"trials": 1, "epochs": ADAPTER_EPOCHS}),
+            "pruner": spec.pruner.model_copy(update={"name": "none"}),
+            "execution": spec.execution.model_copy(update=FAST_HEARTBEAT),
+        }
+    )
+    studies.create_or_resume(spec, open_storage(sqlite_url))
+    victim = tuner_process("worker", spec.name, "--storage", sqlite_url, "--threads", "1")
+
+    def part_way() -> bool:
+        trials = trials_of(spec.name, sqlite_url)
+        return bool(trials) and 2 <= len(trials[0].intermediate_values) <= ADAPTER_EPOCHS // 2
+
+    wait_for(part_way, 300, "the victim to be part-way through its trial")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    (killed,) = trials_of(spec.name, sqlite_url)
+
+    rescuer = tuner_process("worker", spec.name, "--storage", sqlite_url, "--threads", "1")
+    assert rescuer.wait(timeout=300) == 0, rescuer.stderr.read()
+    _, retry = trials_of(spec.name, sqlite_url)
+    assert retry.state == TrialState.COMPLETE, retry.user_attrs.get("fail_reason")
+    resumed = retry.user_attrs["resumed_from"]
+    assert resumed["trial"] == killed.number and resumed["epoch"] >= 1
+    # The framework went on at the next epoch: every epoch reported once, in order.
+    assert sorted(retry.intermediate_values) == list(range(1, ADAPTER_EPOCHS + 1))
+    assert [p["epoch"] for p in retry.user_attrs["curve"]] == list(range(1, ADAPTER_EPOCHS + 1))
+    for epoch in range(1, resumed["epoch"] + 1):
+        assert retry.intermediate_values[epoch] == killed.intermediate_values[epoch]
