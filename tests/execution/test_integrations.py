@@ -105,7 +105,8 @@ LIGHTNING_EXAMPLE = Path(__file__).parents[2] / "examples" / "lightning"
     [
         (
             {},
-            {"module": "train", "search_path": [str(LIGHTNING_EXAMPLE)]},
+            # The example's CNN reads its width from the study's [params].
+            {"module": "train", "search_path": [str(LIGHTNING_EXAMPLE)], "params": "channels = 8"},
             "val_accuracy",
             "maximize",
         ),
@@ -133,6 +134,8 @@ def test_an_adapter_reports_each_epoch_and_stops_a_pruned_trial(
         search_path=json.dumps(workload["search_path"]),
     )
     study += f"[workload.options]\noutput_dir = '{tmp_path}/out'\n"
+    if "params" in workload:
+        study += f"[params]\n{workload['params']}\n"
     files = {name.format(module=module): text for name, text in files.items()}
     trained, pruned = run_here(load_spec(project(tmp_path / "project", files, study)), sqlite_url)
 
