@@ -5,6 +5,7 @@ the epochs since, and finished trials leave nothing behind but the best's when a
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,24 +189,36 @@ def test_a_checkpoint_that_cannot_be_resumed_is_named_and_the_rerun_starts_at_ep
     assert "\n" not in warning
 
 
-def test_an_unwritable_checkpoint_folder_is_one_warning_and_the_trials_train_on(
+def test_a_checkpoint_folder_made_unwritable_mid_study_is_one_warning_and_trials_train_on(
     sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    spec = build_spec(name="unwritable", budget={"trials": 2, "epochs": 4}, pruner={"name": "none"})
+    spec = build_spec(
+        name="unwritable",
+        search={"optimizers": ["adam"], "weight_decay": "off"},  # none diverges
+        budget={"trials": 3, "epochs": 4},
+        pruner={"name": "none"},
+    )
     studies.create_or_resume(spec, open_storage(sqlite_url))
-    # A file where the checkpoints' folder would be: no write can succeed (even as root,
-    # whom a read-only folder would not stop).
-    blocked = artifact_dir(sqlite_url) / "checkpoints"
-    blocked.parent.mkdir(parents=True)
-    blocked.write_text("in the way")
+    folder = artifact_dir(sqlite_url) / "checkpoints"
+
+    def block_after_the_first_trial(study: optuna.Study) -> bool:
+        # A file where the checkpoints' folder was: no write can succeed (even as root, whom
+        # a read-only folder would not stop).
+        if study.get_trials(states=(TrialState.COMPLETE,)) and folder.is_dir():
+            shutil.rmtree(folder)
+            folder.write_text("in the way")
+        return False
+
     with caplog.at_level(logging.WARNING):
-        run_worker(spec, sqlite_url, threads=1)
+        run_worker(spec, sqlite_url, threads=1, stop=block_after_the_first_trial)
+    assert folder.is_file()  # it was blocked, after the first trial had written checkpoints
     trials = trials_of("unwritable", sqlite_url)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert all(len(t.user_attrs["curve"]) == 4 for t in trials)
     messages = [record.getMessage() for record in caplog.records]
     warnings = [message for message in messages if "checkpoint not written" in message]
-    assert len(warnings) == 2  # one per trial, not one per epoch
+    # One line per trial that found it blocked, not one per epoch.
+    assert [warning.split(":")[0] for warning in warnings] == ["trial 1", "trial 2"]
     assert all("trains on without checkpoints" in warning for warning in warnings)
 
 
