@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -380,3 +382,70 @@ def test_an_adapter_s_killed_trial_continues_the_framework_s_loop_from_its_check
     assert [p["epoch"] for p in retry.user_attrs["curve"]] == list(range(1, ADAPTER_EPOCHS + 1))
     for epoch in range(1, resumed["epoch"] + 1):
         assert retry.intermediate_values[epoch] == killed.intermediate_values[epoch]
+
+
+@pytest.mark.ray
+def test_a_lost_ray_node_s_trial_resumes_from_its_checkpoint_on_the_shared_folder(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import tuner
+    from tuner.runner import with_overrides
+
+    # The folder every node shares (here, one machine's), in every node's environment.
+    monkeypatch.setenv("TUNER_ARTIFACT_DIR", str(tmp_path / "shared"))
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    doomed = cluster.add_node(num_cpus=1)
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        spec = builtin_spec(name, workers=2, gpus_per_trial=0.0)
+        spec = with_overrides(
+            spec.model_copy(update={"budget": spec.budget.model_copy(update={"trials": 2})}),
+            storage=postgres_url,
+            ray_address=cluster.address,
+        )
+        errors: list[BaseException] = []
+
+        def drive() -> None:
+            try:
+                tuner.run(spec)
+            except BaseException as error:
+                errors.append(error)
+
+        driver = threading.Thread(target=drive)
+        driver.start()
+
+        def on_doomed_node() -> list[FrozenTrial]:
+            try:
+                trials = trials_of(name, postgres_url)
+            except KeyError:
+                return []
+            return [
+                t
+                for t in trials
+                if t.state == TrialState.RUNNING
+                and doomed.node_id[:8] in str(t.user_attrs.get("node"))
+                and 3 <= len(t.intermediate_values) <= KILLED_EPOCHS // 2
+            ]
+
+        wait_for(lambda: bool(on_doomed_node()), 180, "a trial part-way on the doomed node")
+        (lost,) = on_doomed_node()
+        cluster.remove_node(doomed)
+        driver.join(timeout=300)
+        assert not driver.is_alive() and not errors, errors
+        trials = trials_of(name, postgres_url)
+        (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+        assert retry.state == TrialState.COMPLETE
+        resumed = retry.user_attrs["resumed_from"]
+        assert resumed["trial"] == lost.number and resumed["epoch"] >= 2
+        assert sorted(retry.intermediate_values) == list(range(1, KILLED_EPOCHS + 1))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if name in optuna.get_all_study_names(open_storage(postgres_url)):
+            optuna.delete_study(study_name=name, storage=open_storage(postgres_url))
