@@ -314,6 +314,16 @@ def test_a_sigkilled_stacked_worker_s_trials_resume_and_end_as_if_never_killed(
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed = trials_of("stacked", sqlite_url)
+    # All three retried at once, so that the rescuer stacks them together from their first
+    # step as the victim did (a stack of two then three rounds floats differently).
+    storage = open_storage(sqlite_url, heartbeat=(1, 3))
+    study = optuna.load_study(study_name="stacked", storage=storage)
+    wait_for(
+        lambda: len(storage.stale_silences(internals.study_id(study))) == 3,
+        60,
+        "the three trials to go stale",
+    )
+    assert len(studies.fail_stale_trials(study)) == 3
 
     rescuer = tuner_process("worker", "stacked", "--storage", sqlite_url, "--threads", "1")
     assert rescuer.wait(timeout=300) == 0, rescuer.stderr.read()
