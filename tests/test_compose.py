@@ -70,3 +70,36 @@ def test_the_worker_reserves_nvidia_gpus_and_the_cpu_overlay_drops_them(
 def test_workers_join_the_head_over_the_compose_network(services: dict[str, Any]) -> None:
     assert "--address=ray-head:6379" in services["ray-worker"]["command"]
     assert "--port=6379" in services["ray-head"]["command"]
+
+
+def test_workers_and_the_dashboard_wait_for_a_healthy_ray_head(services: dict[str, Any]) -> None:
+    check = services["ray-head"]["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "ray", "status"] and "--address=127.0.0.1:6379" in check
+    assert services["ray-worker"]["depends_on"]["ray-head"] == {"condition": "service_healthy"}
+
+
+def _dockerfile_args(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", path.read_text(), flags=re.MULTILINE))
+
+
+def test_the_image_pins_python_and_ray_as_the_readme_says(services: dict[str, Any]) -> None:
+    build = services["ray-head"]["build"]
+    assert build == {"context": ".", "dockerfile": "Dockerfile"}
+    pinned = _dockerfile_args(ROOT / "Dockerfile")
+    assert re.fullmatch(r"3\.\d+", pinned["PYTHON_VERSION"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned["RAY_VERSION"])
+    readme = (ROOT / "README.md").read_text()
+    assert f"Python {pinned['PYTHON_VERSION']} and Ray {pinned['RAY_VERSION']}" in readme
+    dependencies = (ROOT / "pyproject.toml").read_text()
+    lower = re.search(r'"ray\[default\]>=([\d.]+),<(\d+)"', dependencies)
+    major = int(pinned["RAY_VERSION"].split(".")[0])
+    assert lower is not None and major < int(lower.group(2))
+    floor = tuple(int(part) for part in lower.group(1).split("."))
+    assert tuple(int(part) for part in pinned["RAY_VERSION"].split(".")[:2]) >= floor
+
+
+def test_a_project_image_extends_tuner_s(services: dict[str, Any]) -> None:
+    recipe = (ROOT / "docker" / "project.Dockerfile").read_text()
+    assert re.search(r"^FROM tuner:latest$", recipe, flags=re.MULTILINE)
+    assert "pip install" in recipe
+    assert services["ray-worker"]["image"] == "${TUNER_IMAGE:-tuner:latest}"

@@ -61,7 +61,7 @@ def _best(args: argparse.Namespace) -> int:
 
     config = best_config(args.study, optimizer=args.optimizer, storage=args.storage)
     if args.json:
-        print(json.dumps(config.to_dict(), indent=2))
+        print(json.dumps(config.to_dict(), indent=2, default=str))  # a checkpoint path
         return 0
     from rich.console import Console
     from rich.markup import escape

@@ -170,7 +170,11 @@ def run(
             "give it a larger budget (--trials N) to run more"
         )
         return finished
-    if not spec.execution.ray_address:  # on a cluster the data lives on the workers' nodes
+    if spec.execution.ray_address:  # the code travels; the data lives on the workers' nodes
+        from tuner.execution.shipping import check_shippable
+
+        check_shippable(spec)
+    else:
         preflight(spec.workload)
         if spec.execution.trials_per_worker != 1 and spec.declared_params():
             from tuner.execution.stacked import shape_changing_param

@@ -244,6 +244,11 @@ class ExecutionSpec(_Model):
     #: How long the study's processes retry while the database is unreachable before they
     #: stop (tuner.storage.rdb.RetryingRDBStorage; the default is its RECONNECT_SECONDS).
     reconnect_seconds: Int = Field(default=120, ge=1)
+    #: A trial's training state is saved every this many epochs (0: never), so that its
+    #: re-run resumes there (tuner.storage.checkpoints).
+    checkpoint_every: Int = Field(default=1, ge=0)
+    #: Keep the best finished trial's last checkpoint (`BestConfig.checkpoint`).
+    keep_best_checkpoint: bool = False
 
     @model_validator(mode="after")
     def _grace_outlasts_heartbeat(self) -> ExecutionSpec:

@@ -48,8 +48,9 @@ class DigitsClassifier(lightning.LightningModule):
         return configure_optimizers(self, self.config, "val_accuracy", self.direction)
 
 
-def fit(config, epochs: int, callbacks=()) -> float:
-    """Train with `config`; return the last validation accuracy."""
+def fit(config, epochs: int, callbacks=(), ckpt_path=None) -> float:
+    """Train with `config` (from Lightning's checkpoint at `ckpt_path`, if given); return the
+    last validation accuracy."""
     digits = load_dataset("digits")  # ships with scikit-learn: no download
     train_set = TensorDataset(
         torch.from_numpy(digits.train_images).unsqueeze(1), torch.from_numpy(digits.train_labels)
@@ -72,13 +73,17 @@ def fit(config, epochs: int, callbacks=()) -> float:
         DigitsClassifier(config),
         DataLoader(train_set, config.batch_size, shuffle=True),
         DataLoader(val_set, batch_size=512),
+        ckpt_path=ckpt_path,
     )
     return float(trainer.callback_metrics["val_accuracy"])
 
 
 def train(trial) -> None:
     """One trial: what `[workload] name = "train:train"` names."""
-    fit(trial.config, trial.epochs, [TunerCallback(trial)])
+    # The callback reports, checkpoints each epoch, and gives a re-run of the trial (its
+    # worker died, or it was interrupted) the checkpoint to continue from.
+    callback = TunerCallback(trial)
+    fit(trial.config, trial.epochs, [callback], callback.ckpt_path)
 
 
 if __name__ == "__main__":

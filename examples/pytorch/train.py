@@ -26,9 +26,11 @@ def loaders(batch_size: int) -> tuple[DataLoader, DataLoader]:
     return DataLoader(train_set, batch_size, shuffle=True), DataLoader(val_set, batch_size=512)
 
 
-def fit(config, epochs: int, device: torch.device, report=None, direction=None) -> float:
+def fit(config, epochs: int, device: torch.device, trial=None, direction=None) -> float:
     """Train an MLP of `config`'s width and dropout (the study's [params]) with its optimizer
-    and schedule; return the validation accuracy."""
+    and schedule; return the validation accuracy. Under a `trial`, report each epoch and
+    checkpoint it, and continue from the last checkpoint when the trial is a re-run (its
+    worker died, or the study was interrupted)."""
     train_loader, val_loader = loaders(config.batch_size)
     width = config.params["width"]
     model = torch.nn.Sequential(
@@ -40,8 +42,14 @@ def fit(config, epochs: int, device: torch.device, report=None, direction=None) 
     # The optimizer and schedule, stepped as the configuration needs (clipping, plateau,
     # Schedule-Free's train/eval), so this loop works for whatever the study draws.
     stepper = config.build_stepper(model.parameters(), len(train_loader), epochs, direction)
-    accuracy = 0.0
-    for epoch in range(1, epochs + 1):
+    accuracy, start = 0.0, 1
+    restored = trial.restore() if trial is not None else None
+    if restored is not None:  # a re-run: continue after the epoch it had reached
+        state, epoch = restored
+        model.load_state_dict(state["model"])
+        stepper.load_state_dict(state["stepper"])
+        start = epoch + 1
+    for epoch in range(start, epochs + 1):
         model.train()
         stepper.train()
         for images, labels in train_loader:
@@ -58,14 +66,15 @@ def fit(config, epochs: int, device: torch.device, report=None, direction=None) 
             )
         accuracy = correct / len(val_loader.dataset)
         stepper.end_epoch(accuracy)
-        if report is not None:
-            report({"val_accuracy": accuracy, "train_loss": loss.item()}, epoch)
+        if trial is not None:
+            trial.report({"val_accuracy": accuracy, "train_loss": loss.item()}, epoch)
+            trial.checkpoint({"model": model.state_dict(), "stepper": stepper.state_dict()}, epoch)
     return accuracy
 
 
 def train(trial) -> None:
     """One trial: what `[workload] name = "train:train"` names."""
-    fit(trial.config, trial.epochs, trial.device, trial.report, trial.direction)
+    fit(trial.config, trial.epochs, trial.device, trial, trial.direction)
 
 
 if __name__ == "__main__":

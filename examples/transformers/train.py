@@ -28,9 +28,10 @@ def accuracy(prediction) -> dict[str, float]:
     return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
 
-def fit(config, epochs: int, callbacks=(), seed: int = 0) -> float:
-    """Train a ViT with `config` (its dropout from the study's [params]); return the last
-    evaluation accuracy."""
+def fit(config, epochs: int, callbacks=(), seed: int = 0, checkpoints=False, resume_from=None):
+    """Train a ViT with `config` (its dropout from the study's [params]), saving a checkpoint
+    each epoch if asked and continuing from the Trainer's checkpoint folder `resume_from` if
+    given; return the last evaluation accuracy."""
     digits = load_dataset("digits")  # ships with scikit-learn: no download
     train_set = examples(digits.train_images, digits.train_labels)
     torch.manual_seed(seed)
@@ -52,7 +53,9 @@ def fit(config, epochs: int, callbacks=(), seed: int = 0) -> float:
             output_dir=output_dir,
             num_train_epochs=epochs,
             eval_strategy="epoch",
-            save_strategy="no",
+            # Under a trial each epoch's checkpoint is kept as the trial's (TunerCallback).
+            save_strategy="epoch" if checkpoints else "no",
+            save_total_limit=1,
             logging_strategy="no",
             report_to="none",
             disable_tqdm=True,
@@ -69,13 +72,18 @@ def fit(config, epochs: int, callbacks=(), seed: int = 0) -> float:
             optimizers=optimizers(config, model, steps_per_epoch, epochs),
             callbacks=list(callbacks),
         )
-        trainer.train()
-        return trainer.evaluate()["eval_accuracy"]
+        trainer.train(resume_from_checkpoint=resume_from)
+        # The last epoch's evaluation (evaluating again would report one epoch too many).
+        evaluations = [entry for entry in trainer.state.log_history if "eval_accuracy" in entry]
+        return evaluations[-1]["eval_accuracy"]
 
 
 def train(trial) -> None:
     """One trial: what `[workload] name = "train:train"` names."""
-    fit(trial.config, trial.epochs, [TunerCallback(trial)], trial.seed)
+    # The callback reports, keeps each epoch's checkpoint, and gives a re-run of the trial (its
+    # worker died, or it was interrupted) the checkpoint to continue from.
+    callback = TunerCallback(trial)
+    fit(trial.config, trial.epochs, [callback], trial.seed, True, callback.resume_from)
 
 
 if __name__ == "__main__":

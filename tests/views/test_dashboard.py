@@ -237,7 +237,10 @@ def test_the_study_its_importances_note_and_curves_show_in_a_browser(
         sum(key.startswith("artifacts:") for key in trial.system_attrs) == 1 for trial in trials
     )
     next_to_the_database = Path(finished_study.removeprefix("sqlite:///")).parent / "artifacts"
-    assert len(list(next_to_the_database.iterdir())) == len(trials)
+    curves = [path for path in next_to_the_database.iterdir() if path.is_file()]
+    assert len(curves) == len(trials)
+    # Beside them only the checkpoints' folder, empty once its trials finished.
+    assert not [p for p in (next_to_the_database / "checkpoints").rglob("*") if p.is_file()]
     printed = (tmp_path / "dashboard.log").read_text()
     assert f"{base}/dashboard" in printed and "studies.db" in printed, printed
 

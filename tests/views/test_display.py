@@ -143,7 +143,11 @@ def test_status_counts_running_trials_and_names_retries(sqlite_url: str) -> None
         state=TrialState.RUNNING,
         params={"optimizer": "adam"},
         distributions=study.trials[1].distributions,
-        user_attrs={"worker": "run-1-0", "node": "here"},
+        user_attrs={
+            "worker": "run-1-0",
+            "node": "here",
+            "resumed_from": {"trial": 1, "epoch": 7},
+        },
         system_attrs={"failed_trial": 1},
     )
     study.add_trial(retry)
@@ -153,6 +157,7 @@ def test_status_counts_running_trials_and_names_retries(sqlite_url: str) -> None
     assert "results: 3 trials: 1 running, 1 complete, 0 pruned, 1 failed" in text
     assert "best loss: 0.5 (minimize)" in text
     assert "retries: 1 (trial 2 retries trial 1)" in text
+    assert "resumed from checkpoints: 1 (trial 2 from trial 1 after epoch 7)" in text
     assert "Running trials" in text and "run-1-0" in text and "here" in text
 
 

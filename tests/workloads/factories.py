@@ -40,3 +40,38 @@ class _ProcessProbe:
 def process_probe(options: dict[str, Any], context: TrialContext) -> Any:
     """A workload that reports its worker's torch threads and niceness as metrics."""
     return _ProcessProbe()
+
+
+def checkpointed_train(trial: Any) -> None:
+    """A training function that checkpoints after every epoch and continues from
+    ``trial.restore()``: a linear fit whose batches are drawn from torch's global random state
+    (so a resume is exact only if that state comes back too), slowed by
+    ``[workload.options] sleep`` seconds an epoch so that a test can kill it part-way."""
+    import time
+
+    data = torch.Generator().manual_seed(0)
+    inputs = torch.randn(256, 4, generator=data)
+    targets = inputs @ torch.arange(1.0, 5.0) + 0.1 * torch.randn(256, generator=data)
+    model = torch.nn.Linear(4, 1)
+    stepper = trial.config.build_stepper(model.parameters(), 8, trial.epochs)
+    start = 1
+    restored = trial.restore()
+    if restored is not None:
+        state, epoch = restored
+        model.load_state_dict(state["model"])
+        stepper.load_state_dict(state["stepper"])
+        start = epoch + 1
+    for epoch in range(start, trial.epochs + 1):
+        stepper.train()
+        for batch in torch.randperm(256).split(32):
+            stepper.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(inputs[batch]).squeeze(1), targets[batch])
+            loss.backward()
+            stepper.step()
+        stepper.eval()
+        with torch.no_grad():
+            val_loss = float(torch.nn.functional.mse_loss(model(inputs).squeeze(1), targets))
+        stepper.end_epoch(val_loss)
+        time.sleep(float(trial.options.get("sleep", 0)))
+        trial.report({"val_loss": val_loss, "train_loss": float(loss.detach())}, epoch)
+        trial.checkpoint({"model": model.state_dict(), "stepper": stepper.state_dict()}, epoch)

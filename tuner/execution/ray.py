@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -21,6 +22,7 @@ from ray._private import ray_constants
 from ray._private.authentication import authentication_token_setup as ray_auth_setup
 
 from tuner.errors import ClusterUnreachableError, ExecutionError, SpecError, TunerError
+from tuner.execution.shipping import SHIP_EXCLUDES, code_folder, remap
 from tuner.execution.worker import WorkerSummary, run_worker
 from tuner.spec import ExecutionSpec, StudySpec
 
@@ -60,8 +62,12 @@ def _worker_task(
     run_id: str,
     index: int,
     threads: int,
+    shipped: str | None = None,
 ) -> WorkerSummary:
     node = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+    if shipped is not None:  # the user's code came with the task: Ray unpacked it here
+        workload = spec_data["workload"]
+        workload["search_path"] = remap(workload["search_path"], shipped, os.getcwd())
     spec = StudySpec.model_validate(spec_data)
     return run_worker(
         spec, storage_url, timeout, f"{run_id}-{index}", threads, node, index, run=run_id
@@ -251,6 +257,22 @@ def start_ray(execution: ExecutionSpec, say: Callable[[str], None] = print) -> N
     _check_resources(execution)
 
 
+def _ship(folder: Path) -> dict[str, Any]:
+    """A task runtime environment whose working directory is `folder`, uploaded to the
+    cluster now (tuner.execution.shipping). Ray uploads a local working_dir only for a job's
+    ray.init, which a driver already attached (a test, a notebook) has had; a task takes a
+    package already uploaded, so it is uploaded here as ray.init would."""
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    environment = {"working_dir": str(folder), "excludes": list(SHIP_EXCLUDES)}
+    return upload_working_dir_if_needed(
+        environment,
+        include_gitignore=True,
+        scratch_dir=ray._private.worker.global_worker.node.get_runtime_env_dir_path(),
+        logger=logging.getLogger(__name__),
+    )
+
+
 def _dead_ray_processes() -> list[str]:
     """The kinds of the Ray processes this driver started (a local instance's raylet, GCS…)
     that have died. Ray's own health checks would notice a dead raylet only after the
@@ -310,8 +332,14 @@ def run_on_ray(
     # Torch threads follow the CPUs the worker holds (Ray sets OMP_NUM_THREADS to them too).
     threads = max(1, int(cpus))
     spec_data = spec.to_dict()
+    # On a cluster the user's code travels with the tasks (checked by the runner beforehand).
+    shipped = code_folder(spec) if execution.ray_address else None
+    if shipped is not None:
+        task = task.options(runtime_env=_ship(shipped))
     pending = [
-        task.remote(spec_data, storage_url, timeout, run_id, index, threads)
+        task.remote(
+            spec_data, storage_url, timeout, run_id, index, threads, shipped and str(shipped)
+        )
         for index in range(execution.workers)
     ]
     refs = list(pending)

@@ -17,6 +17,7 @@ import math
 import warnings
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.func import functional_call, grad_and_value, vmap
@@ -219,6 +220,37 @@ class StackedTrials:
             t["loss_sum"][index] = 0
         start_loss = float(t["start_loss"][index])
         return EpochResult(train_loss, parameter_norm(weights.values()), metrics, rate, start_loss)
+
+    def state_dict(self, key: Hashable) -> dict[str, Any]:
+        """One trial's state between epochs (copied), for its checkpoint: its weights, its
+        optimizer row, its per-trial tensors and host-side counters."""
+        index = self.keys.index(key)
+        row = self._rows[index]
+        return {
+            "params": {name: param[index].clone() for name, param in self._params.items()},
+            "optimizer": self._optimizer.row_state(index),
+            "tensors": {name: tensor[index].clone() for name, tensor in self._tensors.items()},
+            "order": row.order.get_state(),
+            "plateau": None if row.plateau is None else row.plateau.state_dict(),
+            "steps": row.steps,
+        }
+
+    def load_state_dict(self, key: Hashable, state: dict[str, Any]) -> None:
+        """Continue one stacked trial from a checkpoint's `state_dict`."""
+        index = self.keys.index(key)
+        row = self._rows[index]
+        if (row.plateau is None) != (state["plateau"] is None):
+            raise ValueError("the checkpoint holds another schedule's state")
+        for mapping, saved in ((self._params, state["params"]), (self._tensors, state["tensors"])):
+            if set(saved) != set(mapping):
+                raise ValueError("the checkpoint holds another model's state")
+            for name, tensor in mapping.items():
+                tensor[index] = saved[name]
+        self._optimizer.load_row(index, state["optimizer"])
+        row.order.set_state(state["order"])
+        if row.plateau is not None:
+            row.plateau.load_state_dict(state["plateau"])
+        row.steps = state["steps"]
 
     def _start(self, trainable: MiniBatchTask) -> None:
         """Take the workload's data and model shape from the first trial stacked."""

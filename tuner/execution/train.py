@@ -180,6 +180,30 @@ class TrialTraining:
         self._step_count += 1
         return self._step_count == self.trainable.steps_per_epoch()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next epoch depends on, for a checkpoint between epochs: the model,
+        the optimizer and schedule, the data order's and torch's random states, and the
+        first-step loss the divergence rule compares with."""
+        return {
+            "model": self.trainable.model.state_dict(),
+            "stepper": self.stepper.state_dict(),
+            "order": self.order.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "start_loss": None if self._start_loss is None else float(self._start_loss),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's `state_dict`, at the start of the next epoch."""
+        self.trainable.model.load_state_dict(state["model"])
+        self.stepper.load_state_dict(state["stepper"])
+        self.order.set_state(state["order"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start = state["start_loss"]
+        self._start_loss = None if start is None else torch.tensor(start, dtype=torch.float64)
+
     def end_epoch(self) -> EpochResult:
         """Evaluate after the epoch's last step (and step a per-epoch schedule)."""
         self._steps = None

@@ -18,6 +18,7 @@ import optuna
 import torch
 
 from tuner.config import TrainingConfig
+from tuner.execution.checkpointing import TrialCheckpoints
 from tuner.execution.output import captured, keep_captured
 from tuner.execution.train import EpochResult, TrainingRecord, TrialDiverged, close_epoch
 from tuner.spec import StudySpec
@@ -45,6 +46,10 @@ class Trial:
         metric, direction: what the study optimises.
         optuna_trial: the Optuna trial underneath (its storage, its id).
         record: the learning curve so far, as the worker records it.
+
+    `checkpoint` saves the training state between epochs and `restore` gives a re-run of the
+    trial (its worker died, or it was interrupted) the last one back, so that it continues
+    there instead of at epoch 1.
     """
 
     def __init__(
@@ -56,9 +61,12 @@ class Trial:
         device: torch.device,
         record: TrainingRecord,
         on_report: Callable[[Trial, BaseException | None], None] | None = None,
+        checkpoints: TrialCheckpoints | None = None,
     ):
         self.optuna_trial, self.record = trial, record
         self._spec, self._on_report = spec, on_report
+        self._checkpoints = checkpoints or TrialCheckpoints(trial, spec)
+        self._restored: tuple[Any, int] | None = None
         self.number = trial.number
         self.config, self.seed, self.device = config, seed, device
         self.epochs = spec.budget.epochs
@@ -106,6 +114,33 @@ class Trial:
                 internals.trial_id(self.optuna_trial), "config", self.config.to_dict()
             )
         return value
+
+    def checkpoint(self, state: Any, epoch: int) -> None:
+        """Save `state` (anything ``torch.save`` takes: model, optimizer, scheduler state
+        dicts...) as the trial's state after `epoch` epochs, with torch's random state; only
+        the latest is kept. Nothing is saved with ``[execution] checkpoint_every = 0``; a
+        failed write is one warning, and the trial trains on without checkpoints."""
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        saved = {"user": state, "torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+        self._checkpoints.save(epoch, saved, self.record)
+
+    def restore(self) -> tuple[Any, int] | None:
+        """The last `checkpoint` of this trial's line and its epoch, for a re-run: continue
+        at the next epoch (the epochs up to it are reported already, and torch's random state
+        is restored); None for a fresh trial, or when the checkpoint is unusable (a warning
+        names it): start at epoch 1."""
+        if self._restored is None:
+            checkpoint = self._checkpoints.load()
+            if checkpoint is None or not isinstance(checkpoint.state, dict):
+                return None
+            self._checkpoints.resumed(checkpoint, self.record)
+            if checkpoint.curve:
+                self.value = checkpoint.curve[-1][self.metric]
+            torch.set_rng_state(checkpoint.state["torch_rng"])
+            if checkpoint.state["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(checkpoint.state["cuda_rng"])
+            self._restored = (checkpoint.state["user"], checkpoint.epoch)
+        return self._restored
 
     def report(self, metrics: Mapping[str, float] | float, epoch: int) -> None:
         """Record one epoch's metrics (a number is the study's metric) after `epoch` epochs.

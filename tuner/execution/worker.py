@@ -26,7 +26,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import optuna
 import torch
@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 
 from tuner.config import TrainingConfig
 from tuner.errors import StorageUnreachableError
+from tuner.execution.checkpointing import TrialCheckpoints
 from tuner.execution.stacked import StackedTrials, can_stack, stack_key
 from tuner.execution.train import (
     EpochResult,
@@ -51,6 +52,7 @@ from tuner.search.vectorized_optimizers import vectorized_settings
 from tuner.spec import StudySpec
 from tuner.storage import optuna_internals as internals
 from tuner.storage.artifacts import LearningCurveRecorder, TrialRecorder
+from tuner.storage.checkpoints import one_line
 from tuner.storage.rdb import open_storage, rdb_backend
 from tuner.study import lifecycle as studies
 from tuner.study.results import DIVERGED_ATTR
@@ -150,6 +152,8 @@ class _Slot:
         finally:
             self.training_seconds += (time.perf_counter() - started) / share
 
+    checkpoints: TrialCheckpoints | None = None
+
 
 #: Trains one trial with the user's own loop (a training function or a command) to its end.
 UserLoop = Callable[[Trial], float]
@@ -173,6 +177,8 @@ class _Group(Protocol):
     def step(self) -> list[Hashable]: ...
     def end_epoch(self, key: Hashable) -> EpochResult: ...
     def remove(self, keys: list[Hashable]) -> None: ...
+    def state_dict(self, key: Hashable) -> dict[str, Any]: ...
+    def load_state_dict(self, key: Hashable, state: dict[str, Any]) -> None: ...
 
 
 class _Alone:
@@ -190,6 +196,12 @@ class _Alone:
 
     def remove(self, keys: list[int]) -> None:
         self.keys = [key for key in self.keys if key not in keys]
+
+    def state_dict(self, key: int) -> dict[str, Any]:
+        return self.training.state_dict()
+
+    def load_state_dict(self, key: int, state: dict[str, Any]) -> None:
+        self.training.load_state_dict(state)
 
 
 def settle(run: Callable[[], float]) -> tuple[TrialState, float | None, str | None]:
@@ -240,9 +252,12 @@ class _Running:
 
     def start(self, trial: optuna.Trial) -> None:
         """Sample a claimed trial's configuration, record it, and give the trial a place."""
+        checkpoints = TrialCheckpoints(trial, self.spec)
+        # A re-run keeps its line's seed stream: resumed, it continues where the first stopped.
         # Its first heartbeat and the worker's name came with the claim; its configuration is
         # recorded with its other attributes when it ends (tuner.execution.worker._finish).
-        slot = _Slot(trial, trial_seed(self.spec.seed, trial.number))
+        slot = _Slot(trial, trial_seed(self.spec.seed, checkpoints.file.origin))
+        slot.checkpoints = checkpoints
         self.slots[trial.number] = slot
 
         def place() -> float:
@@ -257,7 +272,15 @@ class _Running:
             self._end(trial.number, state, None, reason)
         elif self.user_loop is not None:
             # The user's code owns its loop: the trial trains to its end here, heartbeats on.
-            handle = Trial(trial, self.spec, slot.config, slot.seed, self.device, slot.record)
+            handle = Trial(
+                trial,
+                self.spec,
+                slot.config,
+                slot.seed,
+                self.device,
+                slot.record,
+                checkpoints=checkpoints,
+            )
             with slot.training():  # the user's loop, its reports included
                 state, value, reason = settle(partial(self.user_loop, handle))
             slot.config = handle.config  # with the parameters the user's code suggested
@@ -296,6 +319,8 @@ class _Running:
         is left to go stale and be retried."""
         for number, slot in list(self.slots.items()):
             try:
+                if slot.checkpoints is not None:
+                    slot.checkpoints.file.wait()  # its re-run resumes from the last one
                 if interrupted:
                     studies.interrupt(self.study, internals.trial_id(slot.trial), reason)
                     del self.slots[number]
@@ -315,19 +340,40 @@ class _Running:
             self._stackable = can_stack(build_trainable(self.spec.workload, context))
         return self._stackable
 
-    def _place(self, number: int, slot: _Slot) -> None:
+    def _place(self, number: int, slot: _Slot, resume: bool = True) -> None:
+        """Give the trial a place in a group; a re-run resumes from its line's checkpoint
+        (one its training cannot load is named and the trial starts afresh)."""
         config = slot.config
         settings = vectorized_settings(config) if self._stacking() else None
         if settings is None:
             training = TrialTraining(self.spec, config, slot.seed, self.device)
-            self.groups[("alone", number)] = _Alone(number, training)
+            key: Hashable = ("alone", number)
+            self.groups[key] = group = _Alone(number, training)
+        else:
+            key = stack_key(config, settings)
+            group = self.groups.get(key) or StackedTrials(
+                self.spec, settings, config.batch_size, self.device
+            )
+            group.add(number, config, slot.seed, settings)
+            self.groups[key] = group  # registered once it holds the trial
+        checkpoint = slot.checkpoints.load() if resume else None
+        if checkpoint is None:
             return
-        key = stack_key(config, settings)
-        stack = self.groups.get(key) or StackedTrials(
-            self.spec, settings, config.batch_size, self.device
-        )
-        stack.add(number, config, slot.seed, settings)
-        self.groups[key] = stack  # registered once it holds the trial
+        try:
+            group.load_state_dict(number, checkpoint.state)
+        except Exception as error:  # written by other code: its state does not fit
+            logger.warning(
+                "checkpoint %s not resumed from: %s; starting at epoch 1",
+                slot.checkpoints.file.path,
+                one_line(error),
+            )
+            group.remove([number])
+            if not group.keys:
+                del self.groups[key]
+            self._place(number, slot, resume=False)
+            return
+        slot.checkpoints.resumed(checkpoint, slot.record)
+        slot.epochs = checkpoint.epoch
 
     def _close_epoch(self, group: _Group, number: int) -> bool:
         """Judge one trial's finished epoch; True when the trial has ended."""
@@ -340,6 +386,10 @@ class _Running:
             return close_epoch(slot.trial, self.spec, slot.record, slot.epochs, result)
 
         state, value, reason = settle(judge)
+        if state is TrialState.COMPLETE and slot.checkpoints.due(slot.epochs):
+            slot.checkpoints.save(
+                slot.epochs, group.state_dict(number), slot.record, background=True
+            )
         if state is TrialState.COMPLETE and slot.epochs < self.spec.budget.epochs:
             return False
         self._end(number, state, value, reason)
@@ -402,13 +452,17 @@ def _finish(
         attributes["fail_reason"] = reason
     # Before tell: a finished trial takes no more attributes.
     system = recorder.record(trial, state, record.curve, slot.training_seconds, _title(slot))
+    diverged = DIVERGED_ATTR in attributes
     if state is not TrialState.FAIL:  # GP wants the constraint on every trial it reads
-        diverged = 1.0 if DIVERGED_ATTR in attributes else 0.0
-        system = {**system, internals.constraint_attr("diverged"): diverged}
+        system = {**system, internals.constraint_attr("diverged"): 1.0 if diverged else 0.0}
+    if slot.checkpoints is not None:
+        slot.checkpoints.before_tell(state, diverged)
     try:
         rdb_backend(trial.storage).set_trial_attrs(internals.trial_id(trial), attributes, system)
         # A pruned trial keeps its last reported value, as in study.optimize().
         internals.tell(study, trial, value if state is TrialState.COMPLETE else None, state)
+        if slot.checkpoints is not None:
+            slot.checkpoints.after_tell(study, state, diverged)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Another process failed it as stale (this worker missed its heartbeats); its retry
         # is already queued, so there is nothing left to record here.

@@ -4,12 +4,14 @@ In a training function::
 
     def train(trial):
         model = MyModule(trial.config)            # configure_optimizers below
+        tuner_callback = TunerCallback(trial)
         trainer = lightning.Trainer(
             max_epochs=trial.epochs,
-            callbacks=[TunerCallback(trial)],
+            callbacks=[tuner_callback],
             **trainer_options(trial.config),
         )
-        trainer.fit(model, train_loader, val_loader)
+        # A re-run of the trial continues Lightning's loop from the trial's last checkpoint.
+        trainer.fit(model, train_loader, val_loader, ckpt_path=tuner_callback.ckpt_path)
 
     class MyModule(lightning.LightningModule):
         def configure_optimizers(self):
@@ -21,9 +23,13 @@ Needs the extra ``tuner[lightning]``.
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning
+import torch
 
 from tuner.config import TrainingConfig
 from tuner.execution.trial import Trial
@@ -34,10 +40,29 @@ from tuner.search.schedules import steps_per_epoch_scheduler
 class TunerCallback(lightning.pytorch.Callback):
     """Report the logged metrics (the study's metric among them) after each validation epoch;
     when the pruner stops the trial, stop the Trainer and raise `optuna.TrialPruned` from
-    ``trainer.fit`` once it has stopped."""
+    ``trainer.fit`` once it has stopped.
+
+    After each training epoch the Trainer's own checkpoint (model, optimizers, schedulers,
+    loops) is saved as the trial's (``trial.checkpoint``); for a re-run of the trial,
+    `ckpt_path` is that checkpoint as a file for ``trainer.fit(..., ckpt_path=...)``, so that
+    Lightning's loop continues after the epoch it had reached (None for a fresh trial)."""
 
     def __init__(self, trial: Trial):
         self.reporter = Reporter(trial)
+        self.ckpt_path: str | None = None
+        restored = trial.restore()
+        if restored is not None:
+            folder = tempfile.mkdtemp(prefix="tuner-lightning-")
+            self.ckpt_path = str(Path(folder) / "resume.ckpt")
+            torch.save(restored[0], self.ckpt_path)
+
+    def on_train_epoch_end(
+        self, trainer: lightning.Trainer, pl_module: lightning.LightningModule
+    ) -> None:
+        if self.reporter.stop is None:  # a stopped trial is not resumed
+            # What Trainer.save_checkpoint writes, without the file: the trial keeps it.
+            state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            self.reporter.trial.checkpoint(state, trainer.current_epoch + 1)
 
     def on_validation_end(
         self, trainer: lightning.Trainer, pl_module: lightning.LightningModule
@@ -48,6 +73,8 @@ class TunerCallback(lightning.pytorch.Callback):
             trainer.should_stop = True
 
     def on_fit_end(self, trainer: lightning.Trainer, pl_module: lightning.LightningModule) -> None:
+        if self.ckpt_path is not None:  # read by now: the trial's own checkpoint remains
+            shutil.rmtree(Path(self.ckpt_path).parent, ignore_errors=True)
         self.reporter.raise_stop()
 
 

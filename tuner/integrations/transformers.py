@@ -8,12 +8,17 @@ In a training function::
             ..., num_train_epochs=trial.epochs, eval_strategy="epoch",
             **training_arguments(trial.config),
         )
+        tuner_callback = TunerCallback(trial)
         trainer = Trainer(
             model=model, args=args, train_dataset=..., eval_dataset=...,
             optimizers=optimizers(trial.config, model, steps_per_epoch, trial.epochs),
-            callbacks=[TunerCallback(trial)],
+            callbacks=[tuner_callback],
         )
-        trainer.train()
+        # A re-run of the trial continues the Trainer from the trial's last checkpoint.
+        trainer.train(resume_from_checkpoint=tuner_callback.resume_from)
+
+With ``save_strategy="epoch"`` (and ``save_total_limit=1``), each checkpoint folder the Trainer
+saves is kept as the trial's checkpoint.
 
 The study's metric is named as the Trainer names it (``eval_loss``, ``eval_accuracy``).
 Needs the extra ``tuner[transformers]``.
@@ -21,6 +26,9 @@ Needs the extra ``tuner[transformers]``.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -42,6 +50,30 @@ class TunerCallback(TrainerCallback):
     def __init__(self, trial: Trial):
         self.reporter = Reporter(trial)
         self.evaluations = 0
+        #: For ``trainer.train(resume_from_checkpoint=...)``: the folder of the Trainer's
+        #: checkpoint a re-run of the trial continues from, or None for a fresh trial.
+        self.resume_from: str | None = None
+        restored = trial.restore()
+        if restored is not None:
+            files, self.evaluations = restored
+            self.resume_from = tempfile.mkdtemp(prefix="tuner-transformers-")
+            for name, content in files.items():
+                (Path(self.resume_from) / name).parent.mkdir(parents=True, exist_ok=True)
+                (Path(self.resume_from) / name).write_bytes(content)
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        """Keep the checkpoint folder the Trainer just saved as the trial's checkpoint."""
+        if self.reporter.stop is not None:  # a stopped trial is not resumed
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        files = {
+            str(path.relative_to(folder)): path.read_bytes()
+            for path in folder.rglob("*")
+            if path.is_file()
+        }
+        self.reporter.trial.checkpoint(files, self.evaluations)
 
     def on_evaluate(
         self,
@@ -58,6 +90,8 @@ class TunerCallback(TrainerCallback):
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        if self.resume_from is not None:  # read by now: the trial's own checkpoint remains
+            shutil.rmtree(self.resume_from, ignore_errors=True)
         self.reporter.raise_stop()
 
 

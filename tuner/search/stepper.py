@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -74,6 +74,15 @@ class Stepper:
         """Before evaluating: Schedule-Free's evaluation weights (nothing for others)."""
         if self.config.schedule_free:
             self.optimizer.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's and the schedule's state, for a checkpoint."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's `state_dict`."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
 
     def end_epoch(self, metric: float) -> None:
         """At an epoch's end, with its validation metric: ``plateau`` steps on it (a

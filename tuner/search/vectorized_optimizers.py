@@ -344,6 +344,20 @@ class VectorizedOptimizer:
                 mapping[name] = tensor.index_select(0, rows)
         self.steps = self.steps.index_select(0, rows)
 
+    def row_state(self, index: int) -> list[dict[str, Tensor]]:
+        """One trial's state (copied), for its checkpoint."""
+        mappings = (self.values, self.slot_state, *self.states, {"steps": self.steps})
+        return [{name: tensor[index].clone() for name, tensor in m.items()} for m in mappings]
+
+    def load_row(self, index: int, state: list[dict[str, Tensor]]) -> None:
+        """Give one trial's row the state `row_state` saved."""
+        mappings = (self.values, self.slot_state, *self.states, {"steps": self.steps})
+        if len(state) != len(mappings):
+            raise ValueError("the checkpoint holds another optimizer's state")
+        for mapping, saved in zip(mappings, state, strict=True):
+            for name, tensor in mapping.items():
+                tensor[index] = saved[name]
+
     @torch.no_grad()
     def step(self, params: list[Tensor], grads: list[Tensor], lr: Tensor) -> None:
         """One update of every row; `lr` holds each trial's scheduled learning rate now."""

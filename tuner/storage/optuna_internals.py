@@ -224,3 +224,9 @@ def remember_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         cached = cache._studies.setdefault(study._study_id, _StudyInfo())
         cache._add_trials_to_cache(study._study_id, [trial])
         cached.unfinished_trial_ids.add(trial._trial_id)
+
+
+def claimed_system_attrs(trial: optuna.Trial) -> dict[str, Any]:
+    """The system attributes a trial had when it was claimed, as Optuna's Trial read them
+    (no query: Trial.system_attrs would read them again)."""
+    return trial._cached_frozen_trial.system_attrs

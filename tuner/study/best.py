@@ -8,11 +8,13 @@ scheduler = cfg.build_scheduler(optimizer, steps_per_epoch=len(loader), epochs=5
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal
 
 from tuner.config import TrainingConfig
 from tuner.errors import EmptyStudyError
+from tuner.storage.checkpoints import kept_checkpoint
 from tuner.study.results import describe_seeds, format_param, open_study, ranked_by_optimizer
 
 if TYPE_CHECKING:
@@ -41,6 +43,11 @@ class BestConfig(TrainingConfig):
         mean: the mean of the metric over the fresh seeds that completed, or None.
         spread: the standard deviation over those seeds, or None below two.
         failed_seeds: fresh seeds on which it failed (diverged).
+        checkpoint: the winning trial's last checkpoint, kept when the study asked for it
+            (``[execution] keep_best_checkpoint``), else None: ``torch.load(path,
+            weights_only=False)["state"]`` holds its model's ``state_dict()`` under
+            ``"model"`` (built-in workloads) or what its ``trial.checkpoint`` saved under
+            ``"user"`` (training functions and scripts).
     """
 
     study: str
@@ -53,6 +60,7 @@ class BestConfig(TrainingConfig):
     mean: float | None = None
     spread: float | None = None
     failed_seeds: int = 0
+    checkpoint: Path | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         """What it is, in (name, value) rows of plain text: the value it reached, then every
@@ -127,7 +135,7 @@ def best_config(
         StudyNotFoundError: no such study; the message lists the studies there are.
         EmptyStudyError: no completed trial (of that optimizer type) yet.
     """
-    loaded, _ = open_study(study, storage)
+    loaded, url = open_study(study, storage)
     everything = ranked_by_optimizer(loaded.get_trials(deepcopy=False), loaded.direction)
     best = everything
     if optimizer is not None:
@@ -155,4 +163,5 @@ def best_config(
         mean=ranked.mean if ranked.seed_values else None,
         spread=ranked.spread,
         failed_seeds=ranked.failed_seeds,
+        checkpoint=kept_checkpoint(url, study, ranked.trial.number),
     )

@@ -23,6 +23,7 @@ from tuner.search.pruners import make_pruner
 from tuner.search.samplers import make_sampler
 from tuner.spec import ExecutionSpec, StudySpec
 from tuner.storage import optuna_internals as internals
+from tuner.storage.checkpoints import ORIGIN_KEY, origin_of
 from tuner.storage.rdb import INTERRUPTED_KEY, open_storage, rdb_backend
 from tuner.storage.urls import mask_url
 from tuner.study.results import outside_budget
@@ -205,6 +206,8 @@ def interrupt(study: optuna.Study, trial_id: int, reason: str) -> bool:
         return False
     trial = storage.get_trial(trial_id)
     kept = {key: trial.system_attrs[key] for key in _KEPT_BY_RERUNS if key in trial.system_attrs}
+    # The re-run continues the line's checkpoint (tuner.storage.checkpoints) and seed stream.
+    kept[ORIGIN_KEY] = origin_of(trial.number, trial.system_attrs)
     rerun = optuna.trial.create_trial(
         state=TrialState.WAITING,
         params=trial.params,

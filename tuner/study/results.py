@@ -86,6 +86,9 @@ def is_search_trial(trial: FrozenTrial) -> bool:
 
 #: The user attribute of a trial that diverged: the reason, with the epoch and the loss.
 DIVERGED_ATTR = "diverged"
+#: The user attribute of a trial that resumed from a checkpoint (tuner.execution.checkpointing):
+#: ``{"trial": the trial that wrote it, "epoch": the epochs it had trained}``.
+RESUMED_FROM_ATTR = "resumed_from"
 
 
 def diverged(trial: FrozenTrial) -> str | None:

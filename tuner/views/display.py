@@ -21,6 +21,7 @@ from tuner.study.results import (
     CONFIRMS,
     COPIED_FROM,
     FINISHED_OUTCOMES,
+    RESUMED_FROM_ATTR,
     RankedConfig,
     best_by_optimizer,
     best_trained_value,
@@ -334,6 +335,18 @@ def print_status(console: Console, study: optuna.Study) -> None:
         console.print(
             f"retries: {len(retried)} ("
             + ", ".join(f"trial {number} retries trial {of}" for number, of in retried.items())
+            + ")"
+        )
+
+    resumed = {t.number: t.user_attrs.get(RESUMED_FROM_ATTR) for t in trials}
+    resumed = {number: at for number, at in resumed.items() if at is not None}
+    if resumed:  # re-runs that continued from a checkpoint instead of epoch 1
+        console.print(
+            f"resumed from checkpoints: {len(resumed)} ("
+            + ", ".join(
+                f"trial {number} from trial {at['trial']} after epoch {at['epoch']}"
+                for number, at in resumed.items()
+            )
             + ")"
         )
 

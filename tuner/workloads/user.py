@@ -81,7 +81,8 @@ def import_user(target: str, folders: Sequence[str]) -> Any:
             places = ", ".join(folders) + (", " if folders else "") + "sys.path"
             raise ValueError(
                 f"cannot import {target!r}: no module {error.name!r} in {places}; put "
-                f"{module_name.replace('.', '/')}.py beside the study file"
+                f"{module_name.replace('.', '/')}.py beside the study file (a `tuner worker` "
+                "on another machine needs it at the same path there, or installed)"
             ) from None
         raise ValueError(f"cannot import {target!r}: {error}") from error
     except Exception as error:  # the user's module raised while it was imported
