@@ -268,7 +268,6 @@ def test_losing_a_ray_node_fails_its_trial_and_the_study_finishes(postgres_url: 
     import ray
     from ray.cluster_utils import Cluster
 
-    import tuner
     from tuner.runner import with_overrides
 
     if ray.is_initialized():
@@ -283,16 +282,7 @@ def test_losing_a_ray_node_fails_its_trial_and_the_study_finishes(postgres_url: 
             storage=postgres_url,
             ray_address=cluster.address,
         )
-        errors: list[BaseException] = []
-
-        def drive() -> None:
-            try:
-                tuner.run(spec)
-            except BaseException as error:
-                errors.append(error)
-
-        driver = threading.Thread(target=drive)
-        driver.start()
+        driver, errors = run_in_thread(spec)
 
         def both_nodes_busy() -> bool:
             try:
@@ -460,3 +450,21 @@ def test_ctrl_c_interrupts_every_stacked_trial(
     assert [trial.state for trial in trials] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 3
     reasons = {t.user_attrs.get("fail_reason") for t in trials[:3]}
     assert reasons == {"interrupted: the worker was stopped"}
+
+
+def run_in_thread(spec: StudySpec) -> tuple[threading.Thread, list[BaseException]]:
+    """`tuner.run(spec)` on a started thread (a driver attached to the test's own Ray
+    cluster), and the list that receives what it raised."""
+    import tuner
+
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        try:
+            tuner.run(spec)
+        except BaseException as error:
+            errors.append(error)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    return driver, errors

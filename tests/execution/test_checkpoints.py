@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tests.specs import build_spec
+from tests.test_faults import run_in_thread
 from tuner.execution.worker import run_worker
 from tuner.spec import StudySpec, load_spec
 from tuner.storage import optuna_internals as internals
@@ -401,7 +401,6 @@ def test_a_lost_ray_node_s_trial_resumes_from_its_checkpoint_on_the_shared_folde
     import ray
     from ray.cluster_utils import Cluster
 
-    import tuner
     from tuner.runner import with_overrides
 
     # The folder every node shares (here, one machine's), in every node's environment.
@@ -419,16 +418,7 @@ def test_a_lost_ray_node_s_trial_resumes_from_its_checkpoint_on_the_shared_folde
             storage=postgres_url,
             ray_address=cluster.address,
         )
-        errors: list[BaseException] = []
-
-        def drive() -> None:
-            try:
-                tuner.run(spec)
-            except BaseException as error:
-                errors.append(error)
-
-        driver = threading.Thread(target=drive)
-        driver.start()
+        driver, errors = run_in_thread(spec)
 
         def on_doomed_node() -> list[FrozenTrial]:
             try:
