@@ -5,6 +5,7 @@ the epochs since, and finished trials leave nothing behind but the best's when a
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import signal
 import subprocess
@@ -340,12 +341,20 @@ def test_a_sigkilled_stacked_worker_s_trials_resume_and_end_as_if_never_killed(
     for trial in killed:
         study.enqueue_trial(trial.params)
     run_worker(reference_spec, url, threads=1)
+    # A stack trains its rows in float32 with vmapped kernels whose reduction order follows
+    # which trials share the stack and where: a resumed stack need not hold them as the
+    # reference's did (a sweep may catch two of three before the third), so the values agree
+    # to float32 rounding, not bit for bit (seen: 0.6-1.5 float32 eps apart by epoch 12).
+    same = {"rel": math.sqrt(torch.finfo(torch.float32).eps), "abs": 0.0}
     for alone in trials_of("stacked-ref", url):
         retry = retries[alone.number]
         assert retry.state == TrialState.COMPLETE
         assert retry.user_attrs["resumed_from"]["epoch"] >= 1
-        assert retry.user_attrs["curve"] == alone.user_attrs["curve"]
-        assert retry.value == alone.value
+        curve, expected = retry.user_attrs["curve"], alone.user_attrs["curve"]
+        assert [epoch.keys() for epoch in curve] == [epoch.keys() for epoch in expected]
+        for epoch, reference in zip(curve, expected, strict=True):
+            assert epoch == pytest.approx(reference, **same)
+        assert retry.value == pytest.approx(alone.value, **same)
 
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
