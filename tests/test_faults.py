@@ -7,7 +7,8 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -265,18 +266,9 @@ def test_workers_ride_out_a_postgres_restart(
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_losing_a_ray_node_fails_its_trial_and_the_study_finishes(postgres_url: str) -> None:
-    import ray
-    from ray.cluster_utils import Cluster
-
     from tuner.runner import with_overrides
 
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    doomed = cluster.add_node(num_cpus=1)
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
+    with two_node_cluster(postgres_url) as (cluster, doomed, name):
         spec = with_overrides(
             slow_spec(name, trials=8, workers=2, gpus_per_trial=0.0),
             storage=postgres_url,
@@ -299,11 +291,6 @@ def test_losing_a_ray_node_fails_its_trial_and_the_study_finishes(postgres_url: 
         assert not driver.is_alive() and not errors, errors
         retries = assert_finished_with_retries(trials_of(name, postgres_url), budget=8)
         assert len(retries) == 1
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if name in optuna.get_all_study_names(open_storage(postgres_url)):
-            optuna.delete_study(study_name=name, storage=open_storage(postgres_url))
 
 
 def test_an_outage_longer_than_grace_inside_the_retry_window_fails_no_trial(
@@ -468,3 +455,25 @@ def run_in_thread(spec: StudySpec) -> tuple[threading.Thread, list[BaseException
     driver = threading.Thread(target=drive)
     driver.start()
     return driver, errors
+
+
+@contextmanager
+def two_node_cluster(postgres_url: str) -> Iterator[tuple[Any, Any, str]]:
+    """A real Ray cluster of two one-CPU nodes on this machine, this process its driver: the
+    cluster, the node a test may remove, and a study name, deleted afterwards."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    doomed = cluster.add_node(num_cpus=1)
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster, doomed, name
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if name in optuna.get_all_study_names(open_storage(postgres_url)):
+            optuna.delete_study(study_name=name, storage=open_storage(postgres_url))

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from tests.specs import build_spec
-from tests.test_faults import run_in_thread
+from tests.test_faults import run_in_thread, two_node_cluster
 from tuner.execution.worker import run_worker
 from tuner.spec import StudySpec, load_spec
 from tuner.storage import optuna_internals as internals
@@ -407,20 +406,11 @@ def test_an_adapter_s_killed_trial_continues_the_framework_s_loop_from_its_check
 def test_a_lost_ray_node_s_trial_resumes_from_its_checkpoint_on_the_shared_folder(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ray
-    from ray.cluster_utils import Cluster
-
     from tuner.runner import with_overrides
 
     # The folder every node shares (here, one machine's), in every node's environment.
     monkeypatch.setenv("TUNER_ARTIFACT_DIR", str(tmp_path / "shared"))
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    doomed = cluster.add_node(num_cpus=1)
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
+    with two_node_cluster(postgres_url) as (cluster, doomed, name):
         spec = builtin_spec(name, workers=2, gpus_per_trial=0.0)
         spec = with_overrides(
             spec.model_copy(update={"budget": spec.budget.model_copy(update={"trials": 2})}),
@@ -453,8 +443,3 @@ def test_a_lost_ray_node_s_trial_resumes_from_its_checkpoint_on_the_shared_folde
         resumed = retry.user_attrs["resumed_from"]
         assert resumed["trial"] == lost.number and resumed["epoch"] >= 2
         assert sorted(retry.intermediate_values) == list(range(1, KILLED_EPOCHS + 1))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if name in optuna.get_all_study_names(open_storage(postgres_url)):
-            optuna.delete_study(study_name=name, storage=open_storage(postgres_url))
