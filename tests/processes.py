@@ -13,12 +13,8 @@ def descendants(pid: int) -> list[int]:
     """`pid` and every process under it (Ray's GCS, raylet, agents and workers are)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue  # ended meanwhile
-            children.setdefault(parent, []).append(int(entry.name))
+        if entry.name.isdigit() and (above := parent(int(entry.name))) is not None:
+            children.setdefault(above, []).append(int(entry.name))
     found, todo = [], [pid]
     while todo:
         found.append(todo.pop())
@@ -32,6 +28,36 @@ def process_name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def command_line(pid: int) -> bytes:
+    """A process's command line, NUL-separated; b"" if it ended after it was listed."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return None  # ended meanwhile
+
+
+def worker_processes(driver: int) -> list[int]:
+    """The processes under a `tuner run` driver that run tuner's worker loop: on Ray, those
+    titled after the worker task; locally, the children of multiprocessing's fork server
+    (which they share its command line with)."""
+    server = b"multiprocessing.forkserver"
+
+    def is_worker(pid: int) -> bool:
+        title = command_line(pid)
+        if title.startswith(b"ray::_worker_task"):
+            return True
+        return server in title and server in command_line(parent(pid) or 0)
+
+    return [pid for pid in descendants(driver) if is_worker(pid)]
 
 
 def alive(pid: int) -> bool:

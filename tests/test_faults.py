@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 
 from tests.conftest import PrivatePostgres
-from tests.processes import alive, descendants, wait_while_progressing
+from tests.processes import alive, wait_while_progressing, worker_processes
 from tests.specs import build_spec
 from tuner.spec import StudySpec
 from tuner.storage.rdb import INTERRUPTED_KEY, open_storage
@@ -53,20 +53,6 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > limit:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.2)
-
-
-def ray_workers(driver: int) -> list[int]:
-    """The processes under a `tuner run` driver that run tuner's worker loop as a Ray task
-    (Ray titles a worker process after the task it runs)."""
-    found = []
-    for pid in descendants(driver):
-        try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue  # ended meanwhile
-        if title.startswith(b"ray::_worker_task"):
-            found.append(pid)
-    return found
 
 
 def trials_of(name: str, url: str) -> list[FrozenTrial]:
@@ -152,10 +138,9 @@ def test_ctrl_c_interrupts_the_running_trial_and_a_resume_reruns_it_in_the_budge
     assert_rerun_in_the_budget(trials_of("interrupted", sqlite_url), budget=2)
 
 
-@pytest.mark.ray
+@pytest.mark.parametrize("backend", [pytest.param("ray", marks=pytest.mark.ray), "local"])
 def test_killed_driver_stops_its_workers_and_a_new_run_finishes_the_budget(
-    tuner_process: Callable[..., subprocess.Popen],
-    tmp_path: Path,
+    tuner_process: Callable[..., subprocess.Popen], tmp_path: Path, backend: str
 ) -> None:
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     args = [
@@ -173,6 +158,8 @@ def test_killed_driver_stops_its_workers_and_a_new_run_finishes_the_budget(
         "execution.heartbeat_seconds=1",
         "--set",
         "execution.grace_seconds=3",
+        "--set",
+        f"execution.backend='{backend}'",
     ]
     driver = tuner_process(*args)
 
@@ -183,16 +170,16 @@ def test_killed_driver_stops_its_workers_and_a_new_run_finishes_the_budget(
             return False
 
     wait_for(
-        lambda: some_complete() and len(ray_workers(driver.pid)) == 2,
+        lambda: some_complete() and len(worker_processes(driver.pid)) == 2,
         120,
         "the first trial to complete, both workers training",
     )
-    workers = ray_workers(driver.pid)
+    workers = worker_processes(driver.pid)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     # Ray ends the workers of a dead driver some seconds later (2 s on a busy 2-core machine,
     # more on a slower one): a fixed wait could end before they did, and see them go on.
-    wait_for(lambda: not any(alive(pid) for pid in workers), 30, "the Ray workers to end")
+    wait_for(lambda: not any(alive(pid) for pid in workers), 30, "the workers to end")
     finished = sum(t.state.is_finished() for t in trials_of("quickstart", url))
     time.sleep(3)
     assert sum(t.state.is_finished() for t in trials_of("quickstart", url)) == finished, (

@@ -19,6 +19,10 @@ from tuner.errors import TunerError
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.ray_address is None:  # likely local: its workers' imports start on another core
+        from tuner.execution.local import warm_up
+
+        warm_up()
     from rich.console import Console
 
     from tuner.runner import run, with_overrides

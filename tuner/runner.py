@@ -1,9 +1,10 @@
 """`run()`: create or resume a study, run its workers to the end of the budget, return it.
 
 The driver side of a study: it checks the storage and the workload's data, creates or resumes
-the study, launches the workers on Ray and, if interrupted (Ctrl-C, Ray failing, the database
-gone past the retry window), makes sure no trial of its workers that it can still mark is left
-RUNNING: each is re-run when the study resumes.
+the study, launches the workers (on Ray or as local processes: tuner.execution.backend) and, if
+interrupted (Ctrl-C, Ray or a worker process failing, the database gone past the retry window),
+makes sure no trial of its workers that it can still mark is left RUNNING: each is re-run when
+the study resumes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tuner.errors import (
     StorageUnreachableError,
     StudyNotFoundError,
 )
+from tuner.execution import backend
 from tuner.spec import StudySpec, parse_spec
 from tuner.storage import optuna_internals as internals
 from tuner.storage.rdb import open_storage, rdb_backend, resolve_storage_url
@@ -148,7 +150,8 @@ def run(
     Raises:
         StorageError: the storage cannot be reached, or is SQLite for a multi-machine cluster.
         StorageUnreachableError: the storage was lost for longer than the retry window.
-        ExecutionError: Ray failed under the study (its trials are re-run on resume).
+        ExecutionError: Ray, or a local worker process, failed under the study (its trials
+            are re-run on resume).
         DatasetMissingError: the workload's data files are not on this machine.
         SpecError: the study exists with another search space or warm start, a warm-start
             study trains another workload or metric, or no Ray node can hold a worker's CPUs
@@ -182,9 +185,8 @@ def run(
             if (reason := shape_changing_param(spec)) is not None:
                 raise SpecError(reason)
     sources = warm_start_sources(spec, url)
-    from tuner.execution.ray import run_on_ray, start_ray
-
-    start_ray(spec.execution, say)  # an unreachable cluster or too few GPUs: before any write
+    # An unreachable cluster or too few GPUs: before any write.
+    backend.prepare(spec.execution, say)
     study, transfers = create_study(spec, url, sources)
     if on_start:
         on_start(study, url)
@@ -193,12 +195,12 @@ def run(
     run_id = f"run-{uuid.uuid4().hex[:8]}"
     tick = on_tick or (lambda: None)
     try:
-        run_on_ray(spec, url, run_id, spec.budget.timeout_seconds, tick)
+        backend.run_workers(spec, url, run_id, spec.budget.timeout_seconds, tick)
         if spec.budget.confirm:
             queued = confirmation.queue_runs(study, spec)
             say(queued.describe(spec.budget.confirm.seeds))
             if queued.runs:
-                run_on_ray(queued_only(study, spec), url, run_id, None, tick)
+                backend.run_workers(queued_only(study, spec), url, run_id, None, tick)
     except KeyboardInterrupt:
         _interrupt_orphans(study, run_id, "interrupted by Ctrl-C")
         raise

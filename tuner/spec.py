@@ -8,11 +8,13 @@ key and what was expected, before anything touches storage.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
+import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -236,6 +238,10 @@ class ExecutionSpec(_Model):
     #: (tuner.execution.stacked): "auto" is 64 on a GPU and 1 on a CPU.
     trials_per_worker: Int | Literal["auto"] = 1
     ray_address: str | None = None
+    #: What runs the workers: Ray (a cluster, or a private local instance), or processes of
+    #: this machine (tuner.execution.local). "auto": Ray where a cluster is named or this
+    #: process already runs Ray, local processes otherwise.
+    backend: Literal["auto", "ray", "local"] = "auto"
     storage: str | None = None
     #: A running trial records a heartbeat every interval; one silent for longer than grace
     #: (its worker died) becomes FAIL and is retried once with the same parameters.
@@ -254,6 +260,15 @@ class ExecutionSpec(_Model):
     def _grace_outlasts_heartbeat(self) -> ExecutionSpec:
         if self.grace_seconds <= self.heartbeat_seconds:
             raise ValueError("grace_seconds must be longer than heartbeat_seconds")
+        return self
+
+    @model_validator(mode="after")
+    def _local_stays_local(self) -> ExecutionSpec:
+        if self.backend == "local" and self.ray_address:
+            raise ValueError(
+                "backend 'local' runs on this machine only: leave ray_address out, or set "
+                "backend = 'ray' to run on that cluster"
+            )
         return self
 
     @field_validator("trials_per_worker")
@@ -448,6 +463,29 @@ def _check_kwargs(optimizer: str, target: str, names: list[str]) -> None:
             )
 
 
+@contextlib.contextmanager
+def _dynamo_unloaded() -> Iterator[None]:
+    """Build an optimizer without importing torch._dynamo, in a process that has not.
+
+    torch marks ``Optimizer.add_param_group`` as not for torch.compile to trace by importing
+    torch._dynamo at its first call (torch._compile._disable_dynamo): 0.8 s, most of a
+    command's start-up after torch itself, for a mark only torch.compile reads, and nothing
+    compiles in a spec check. The mark is cached on the plain function as ``__dynamo_disable``:
+    for the check, the plain function stands in for it, and the cache is emptied after.
+    """
+    import torch
+
+    plain = torch.optim.Optimizer.add_param_group.__wrapped__
+    if "torch._dynamo" in sys.modules or hasattr(plain, "__dynamo_disable"):
+        yield
+        return
+    setattr(plain, "__dynamo_disable", plain)
+    try:
+        yield
+    finally:
+        delattr(plain, "__dynamo_disable")
+
+
 def _check_with_library(choice: OptimizerSpec) -> None:
     """Build the library optimizer with the fixed values and each end of the searched ranges,
     so a value it refuses (``momentum = -3``, ``momentum = "high"``) is an error in the study
@@ -462,7 +500,8 @@ def _check_with_library(choice: OptimizerSpec) -> None:
     def refusal(knobs: dict[str, Any]) -> str | None:
         kwargs = optimizer_kwargs(choice.learning_rate.low, 0.0, knobs, defaults)
         try:
-            optimizer_class([torch.zeros(1, requires_grad=True)], **kwargs)
+            with _dynamo_unloaded():
+                optimizer_class([torch.zeros(1, requires_grad=True)], **kwargs)
         except Exception as error:  # whatever the class raises is its refusal
             return f"{type(error).__name__}: {error}"
         return None

@@ -54,7 +54,7 @@ def test_a_worker_uses_the_cpus_it_holds_at_niceness_0(
     and Ray's default niceness (15) is not applied to it."""
     import ray
 
-    from tuner.execution.ray import usable_cpus
+    from tuner.execution.resources import usable_cpus
 
     ray.shutdown()  # the shared instance was started without tuner's settings
     spec = make_spec(
@@ -64,7 +64,7 @@ def test_a_worker_uses_the_cpus_it_holds_at_niceness_0(
         workload={"name": "tests.workloads.factories:process_probe"},
         search={"optimizers": ["sgd"], "weight_decay": "off"},
         budget={"trials": 1, "epochs": 1},
-        execution={"workers": 1, "storage": sqlite_url},
+        execution={"workers": 1, "storage": sqlite_url, "backend": "ray"},
     )
     try:
         tuner.run(spec)
@@ -115,6 +115,7 @@ def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
 def _start_run(tuner_process: Callable[..., subprocess.Popen], url: str) -> subprocess.Popen:
     """`tuner run` of the quickstart, trials long enough to be caught under way."""
     settings = ["budget.epochs=400", "pruner.name='none'", "execution.heartbeat_seconds=1"]
+    settings.append("execution.backend='ray'")
     settings.append("execution.grace_seconds=3")
     arguments = [argument for setting in settings for argument in ("--set", setting)]
     driver = tuner_process("run", str(QUICKSTART), "--storage", url, *arguments)
@@ -162,10 +163,12 @@ def test_ray_failing_under_a_run_ends_it_in_one_line_and_leaves_no_trial_running
     assert any(INTERRUPTED_KEY in trial.system_attrs for trial in trials)
 
 
-def _tuner_run(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess:
-    """`tuner run` of three quickstart trials on a SQLite file in tmp_path, in the environment
-    given on top of this one's."""
-    command = ["run", str(QUICKSTART), "--trials", "3"]
+def _tuner_run(
+    tmp_path: Path, backend: str = "ray", **environment: str
+) -> subprocess.CompletedProcess:
+    """`tuner run` of three quickstart trials on a SQLite file in tmp_path, on `backend`, in
+    the environment given on top of this one's."""
+    command = ["run", str(QUICKSTART), "--trials", "3", "--set", f"execution.backend='{backend}'"]
     return subprocess.run(
         [
             sys.executable,
@@ -182,14 +185,17 @@ def _tuner_run(tmp_path: Path, **environment: str) -> subprocess.CompletedProces
     )
 
 
-def test_a_ray_address_in_the_environment_does_not_reach_a_local_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["ray", "local"])
+def test_a_ray_address_in_the_environment_does_not_reach_a_local_run(
+    tmp_path: Path, backend: str
+) -> None:
     """Ray reads RAY_ADDRESS as the cluster to join (here, nothing answers there); a local
     run joins only a cluster it is given, and says once that it ignored the variable."""
-    run = _tuner_run(tmp_path, RAY_ADDRESS="127.0.0.1:1")
+    run = _tuner_run(tmp_path, backend, RAY_ADDRESS="127.0.0.1:1")
     assert run.returncode == 0, run.stderr
     notes = [line for line in run.stdout.splitlines() if "RAY_ADDRESS" in line]
     assert notes == [
-        "note: RAY_ADDRESS=127.0.0.1:1 is ignored: this run starts a private Ray; to run on "
+        "note: RAY_ADDRESS=127.0.0.1:1 is ignored: this run stays on this machine; to run on "
         "that cluster, pass --ray-address"
     ]
     study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/studies.db")

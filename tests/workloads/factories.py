@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,15 +19,22 @@ def broken(options: dict[str, Any], context: TrialContext) -> Any:
 
 class _ProcessProbe:
     """One parameter descending x²; its metrics say how the worker process runs: torch's CPU
-    threads and the process's niceness (what Ray's worker settings decide)."""
+    threads and the process's niceness (what Ray's worker settings decide), whether it leads
+    its own process group, sees no GPU, and the value of $TUNER_PROBE (0 if unset); and with
+    ``[workload.options] kill_once = FILE`` its first trial SIGKILLs its own worker (once:
+    the file says it has)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kill_once: str | None = None) -> None:
         self.model = torch.nn.Linear(1, 1, bias=False)
+        self.kill_once = kill_once
 
     def steps_per_epoch(self) -> int:
         return 1
 
     def epoch(self, generator: torch.Generator) -> Iterator[Callable[[], torch.Tensor]]:
+        if self.kill_once is not None and not os.path.exists(self.kill_once):
+            open(self.kill_once, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
         yield lambda: self.model.weight.pow(2).sum()
 
     def evaluate(self) -> dict[str, float]:
@@ -34,12 +42,20 @@ class _ProcessProbe:
             "loss": float(self.model.weight.pow(2).sum()),
             "torch_threads": float(torch.get_num_threads()),
             "niceness": float(os.getpriority(os.PRIO_PROCESS, 0)),
+            "own_process_group": float(os.getpgrp() == os.getpid()),
+            "no_gpu_visible": float(os.environ.get("CUDA_VISIBLE_DEVICES") == ""),
+            "probe_variable": float(os.environ.get("TUNER_PROBE", "0")),
         }
 
 
 def process_probe(options: dict[str, Any], context: TrialContext) -> Any:
-    """A workload that reports its worker's torch threads and niceness as metrics."""
-    return _ProcessProbe()
+    """A workload whose metrics say how its worker runs (see _ProcessProbe)."""
+    return _ProcessProbe(options.get("kill_once"))
+
+
+def self_killing(options: dict[str, Any], context: TrialContext) -> Any:
+    """A workload whose every trial SIGKILLs its worker, as the out-of-memory killer would."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def checkpointed_train(trial: Any) -> None:

@@ -1,8 +1,10 @@
 """Launch the worker loop as long-lived Ray tasks: one per worker, resources from Ray.
 
-The only module that imports ray. Without a cluster address a private local instance is
-started, reachable from this machine only (start_local_ray); with one (``HOST:6379``) the
-driver attaches and Ray places workers on its nodes, bound where that cluster was started.
+The only module that imports ray. The backend for clusters, and on one machine where
+``[execution] backend = "ray"`` (tuner.execution.backend): without a cluster address a
+private local instance is started, reachable from this machine only (start_local_ray); with
+one (``HOST:6379``) the driver attaches and Ray places workers on its nodes, bound where that
+cluster was started.
 Ray failing under a study ends it with one line (ExecutionError), its trials re-run on resume.
 """
 
@@ -22,14 +24,18 @@ from ray._private import ray_constants
 from ray._private.authentication import authentication_token_setup as ray_auth_setup
 
 from tuner.errors import ClusterUnreachableError, ExecutionError, SpecError, TunerError
+from tuner.execution.resources import (
+    CANCEL_GRACE_SECONDS,
+    WORKER_RETRIES,
+    cpus_per_worker,
+    gpus_per_worker,
+    torch_threads,
+    usable_cpus,
+)
 from tuner.execution.shipping import SHIP_EXCLUDES, code_folder, remap
 from tuner.execution.worker import WorkerSummary, run_worker
 from tuner.spec import ExecutionSpec, StudySpec
 
-#: Ray retries a worker task whose process died (SIGKILL, lost node) this many times.
-WORKER_RETRIES = 3
-#: Seconds cancelled workers get to record their trials as interrupted before they are killed.
-CANCEL_GRACE_SECONDS = 5.0
 #: Seconds the driver waits for a cluster address to answer before saying it does not.
 RAY_CONNECT_SECONDS = 10.0
 #: Ray's settings for a local instance. Its workers run at niceness 0: Ray's default, 15,
@@ -74,28 +80,11 @@ def _worker_task(
     )
 
 
-def gpus_per_worker(requested: float | str, workers: int) -> float:
-    """Resolve ``auto``: a share of the cluster's GPUs (at most one each), or 0 without GPUs."""
-    if requested != "auto":
-        return float(requested)
-    gpus = ray.cluster_resources().get("GPU", 0.0)
-    return min(1.0, gpus / workers) if gpus else 0.0
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: a container's or taskset's share)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def cpus_per_worker(execution: ExecutionSpec) -> float:
-    """The CPUs each worker holds: ``cpus_per_trial``, or on a local machine an equal share of
-    its CPUs when that is more, so that no CPU is left idle (one worker on 2 cores trains
-    with both). On a cluster, other studies may want the nodes' CPUs: the spec's number."""
-    if execution.ray_address:
-        return execution.cpus_per_trial
-    # A Ray started before (by a notebook, a test) has the CPUs it was given.
-    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else usable_cpus()
-    return max(execution.cpus_per_trial, float(cpus // execution.workers))
+def _cpus_per_worker(execution: ExecutionSpec) -> float:
+    """tuner.execution.resources.cpus_per_worker; a Ray started before (by a notebook, a
+    test) has the CPUs it was given."""
+    ray_cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else None
+    return cpus_per_worker(execution, usable_cpus() if ray_cpus is None else int(ray_cpus))
 
 
 def _probe(address: str) -> None:
@@ -121,7 +110,7 @@ def _probe(address: str) -> None:
 def _check_resources(execution: ExecutionSpec) -> None:
     """Refuse a worker that no node of the cluster can hold: Ray would wait for it forever."""
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    wanted = {"CPU": cpus_per_worker(execution)}
+    wanted = {"CPU": _cpus_per_worker(execution)}
     if execution.gpus_per_trial != "auto":
         wanted["GPU"] = execution.gpus_per_trial
     for resource, amount in wanted.items():
@@ -224,7 +213,7 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
-def start_ray(execution: ExecutionSpec, say: Callable[[str], None] = print) -> None:
+def start_ray(execution: ExecutionSpec) -> None:
     """Attach to the cluster at ``ray_address``, or start a local Ray (start_local_ray), and
     check that it can run the workers; before anything is written, so a mistake leaves no
     study behind. On a cluster the workers' niceness is what ``ray start`` was given
@@ -232,7 +221,7 @@ def start_ray(execution: ExecutionSpec, say: Callable[[str], None] = print) -> N
 
     A ``RAY_ADDRESS`` in the environment is Ray's way to name a cluster, but a run joins only
     the cluster it is given (``--ray-address``, ``[execution] ray_address``): without one it
-    is ignored, and `say` tells the user so once.
+    is ignored (tuner.execution.backend.prepare says so).
 
     Raises:
         ClusterUnreachableError: the cluster address does not answer.
@@ -246,13 +235,8 @@ def start_ray(execution: ExecutionSpec, say: Callable[[str], None] = print) -> N
                 address=execution.ray_address, logging_level=logging.WARNING, log_to_driver=False
             )
         else:
-            if os.environ.get(_ADDRESS_VARIABLE):
-                say(
-                    f"note: {_ADDRESS_VARIABLE}={os.environ[_ADDRESS_VARIABLE]} is ignored: this "
-                    "run starts a private Ray; to run on that cluster, pass --ray-address"
-                )
             start_local_ray(
-                max(usable_cpus(), round(execution.workers * cpus_per_worker(execution)))
+                max(usable_cpus(), round(execution.workers * _cpus_per_worker(execution)))
             )
     _check_resources(execution)
 
@@ -323,14 +307,15 @@ def run_on_ray(
     """
     execution = spec.execution
     start_ray(execution)
-    cpus = cpus_per_worker(execution)
+    cpus = _cpus_per_worker(execution)
+    gpus = ray.cluster_resources().get("GPU", 0.0)
     task = ray.remote(
         num_cpus=cpus,
-        num_gpus=gpus_per_worker(execution.gpus_per_trial, execution.workers),
+        num_gpus=gpus_per_worker(execution.gpus_per_trial, execution.workers, gpus),
         max_retries=WORKER_RETRIES,
     )(_worker_task)
     # Torch threads follow the CPUs the worker holds (Ray sets OMP_NUM_THREADS to them too).
-    threads = max(1, int(cpus))
+    threads = torch_threads(cpus)
     spec_data = spec.to_dict()
     # On a cluster the user's code travels with the tasks (checked by the runner beforehand).
     shipped = code_folder(spec) if execution.ray_address else None
