@@ -33,7 +33,7 @@ test: venv
 
 # Everything but the tests marked as integration (pyproject.toml's markers): no PostgreSQL,
 # no Ray, no browser, no long training.
-FAST := not postgres and not ray and not browser and not slow
+FAST := not postgres and not workers and not browser and not slow
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "$(FAST)"

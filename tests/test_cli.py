@@ -371,7 +371,7 @@ def test_import_tuner_is_cheap_and_its_public_names_still_resolve() -> None:
     assert result.stdout.splitlines() == ["[]", "True", "tuner.study.best tuner.spec tuner.runner"]
 
 
-@pytest.mark.ray
+@pytest.mark.workers
 @pytest.mark.slow
 def test_quickstart_end_to_end_on_the_embedded_default(tmp_path: Path) -> None:
     """`tuner run` on the default SQLite file, then the best config from another directory."""
@@ -501,7 +501,7 @@ def test_version_and_a_closed_pipe(tmp_path: Path) -> None:
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
 
 
-@pytest.mark.ray
+@pytest.mark.workers
 def test_gpus_the_machine_lacks_exit_2_before_any_write(tmp_path: Path) -> None:
     done = _tuner("run", str(QUICKSTART), "--set", "execution.gpus_per_trial=2", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
@@ -537,7 +537,7 @@ def test_a_ray_address_that_does_not_answer_exits_2_before_any_write(
     assert name not in optuna.get_all_study_names(postgres_url)
 
 
-@pytest.mark.ray
+@pytest.mark.workers
 @pytest.mark.slow
 def test_timeout_counts_from_the_first_trial_and_a_run_with_no_result_exits_1(
     tmp_path: Path,
@@ -560,7 +560,7 @@ def test_timeout_counts_from_the_first_trial_and_a_run_with_no_result_exits_1(
     assert "No trial completed" in failing.stdout and "broken on purpose" in failing.stdout
 
 
-@pytest.mark.ray
+@pytest.mark.workers
 def test_a_finished_study_run_again_says_so_without_starting_ray(tmp_path: Path) -> None:
     """Re-running a study whose budget is spent has nothing to train: it says so and prints
     the summary once, without Ray (which costs the most of a run's start)."""

@@ -31,7 +31,7 @@ def readme_commands() -> list[list[str]]:
     return [block.strip().splitlines() for block in blocks]
 
 
-@pytest.mark.ray
+@pytest.mark.workers
 @pytest.mark.parametrize("commands", readme_commands(), ids=lambda c: c[0].split("/")[1])
 def test_an_example_tunes_then_trains_with_the_winner(
     local_ray: None,

@@ -138,7 +138,8 @@ def test_ctrl_c_interrupts_the_running_trial_and_a_resume_reruns_it_in_the_budge
     assert_rerun_in_the_budget(trials_of("interrupted", sqlite_url), budget=2)
 
 
-@pytest.mark.parametrize("backend", [pytest.param("ray", marks=pytest.mark.ray), "local"])
+@pytest.mark.workers
+@pytest.mark.parametrize("backend", ["ray", "local"])
 def test_killed_driver_stops_its_workers_and_a_new_run_finishes_the_budget(
     tuner_process: Callable[..., subprocess.Popen], tmp_path: Path, backend: str
 ) -> None:
@@ -249,7 +250,7 @@ def test_workers_ride_out_a_postgres_restart(
     assert {trial.state for trial in trials} == {TrialState.COMPLETE}
 
 
-@pytest.mark.ray
+@pytest.mark.workers
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_losing_a_ray_node_fails_its_trial_and_the_study_finishes(postgres_url: str) -> None:
@@ -303,7 +304,7 @@ def test_an_outage_longer_than_grace_inside_the_retry_window_fails_no_trial(
     assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 4
 
 
-@pytest.mark.ray
+@pytest.mark.workers
 def test_an_outage_past_the_retry_window_ends_the_run_in_one_line_and_status_resolves_it(
     tuner_process: Callable[..., subprocess.Popen],
     private_postgres: PrivatePostgres,

@@ -402,7 +402,7 @@ def test_an_adapter_s_killed_trial_continues_the_framework_s_loop_from_its_check
         assert retry.intermediate_values[epoch] == killed.intermediate_values[epoch]
 
 
-@pytest.mark.ray
+@pytest.mark.workers
 def test_a_lost_ray_node_s_trial_resumes_from_its_checkpoint_on_the_shared_folder(
     postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

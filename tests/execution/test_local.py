@@ -35,6 +35,7 @@ def probe_spec(make_spec: Callable[..., StudySpec], url: str, **options: str) ->
     )
 
 
+@pytest.mark.workers
 def test_local_workers_spend_the_budget_in_the_drivers_environment(
     sqlite_url: str, make_spec: Callable[..., StudySpec], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -58,6 +59,7 @@ def test_local_workers_spend_the_budget_in_the_drivers_environment(
         assert epoch["no_gpu_visible"] == 1.0
 
 
+@pytest.mark.workers
 def test_a_killed_local_worker_is_started_again_and_its_trial_retried(
     sqlite_url: str, make_spec: Callable[..., StudySpec], tmp_path: Path
 ) -> None:
@@ -72,6 +74,7 @@ def test_a_killed_local_worker_is_started_again_and_its_trial_retried(
     assert retry.state == TrialState.COMPLETE
 
 
+@pytest.mark.workers
 def test_a_worker_that_keeps_dying_ends_the_run_in_one_error_and_no_trial_running(
     sqlite_url: str, make_spec: Callable[..., StudySpec]
 ) -> None:
@@ -96,6 +99,7 @@ def test_a_worker_that_keeps_dying_ends_the_run_in_one_error_and_no_trial_runnin
     assert TrialState.RUNNING not in states
 
 
+@pytest.mark.workers
 def test_ctrl_c_stops_local_workers_and_interrupts_their_trials(
     tuner_process: Callable[..., subprocess.Popen], sqlite_url: str
 ) -> None:

@@ -21,7 +21,7 @@ from tuner.runner import with_overrides
 from tuner.spec import StudySpec
 from tuner.storage.rdb import INTERRUPTED_KEY, open_storage
 
-pytestmark = pytest.mark.ray
+pytestmark = pytest.mark.workers
 
 
 def test_run_spends_the_budget_with_ray_workers(

@@ -108,7 +108,7 @@ def test_a_worker_reads_the_shipped_folders_from_where_ray_unpacked_them() -> No
     ]
 
 
-@pytest.mark.ray
+@pytest.mark.workers
 def test_on_a_cluster_the_workers_import_the_code_ray_shipped(
     tmp_path: Path, postgres_url: str
 ) -> None:

@@ -107,7 +107,7 @@ def run_here(spec: StudySpec, url: str) -> list[FrozenTrial]:
     return trials
 
 
-@pytest.mark.ray
+@pytest.mark.workers
 def test_a_function_beside_the_study_file_runs_on_two_ray_workers(
     local_ray: None,
     storage_url: str,

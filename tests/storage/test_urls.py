@@ -85,7 +85,7 @@ def test_plain_urls_pass_unchanged() -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.ray
+@pytest.mark.workers
 def test_tuner_run_prints_and_records_no_secret(postgres_url: str, tmp_path: Path) -> None:
     """Every place `tuner run` shows the URL (the start line, "lives in", both hints), the
     study's recorded spec (the dashboard shows it to anyone), and `tuner best`'s errors."""

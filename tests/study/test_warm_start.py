@@ -179,7 +179,7 @@ def test_a_study_cannot_warm_start_from_itself_or_change_its_sources(
         warm_start.check_sources(_spec("new", warm=["x"]), open_storage(storage_url), storage_url)
 
 
-@pytest.mark.ray
+@pytest.mark.workers
 def test_tuner_run_warm_starts_and_confirms(
     local_ray: None, sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
