@@ -47,17 +47,20 @@ def parent(pid: int) -> int | None:
 
 def worker_processes(driver: int) -> list[int]:
     """The processes under a `tuner run` driver that run tuner's worker loop: on Ray, those
-    titled after the worker task; locally, the children of multiprocessing's fork server
-    (which they share its command line with)."""
-    server = b"multiprocessing.forkserver"
-
-    def is_worker(pid: int) -> bool:
-        title = command_line(pid)
-        if title.startswith(b"ray::_worker_task"):
-            return True
-        return server in title and server in command_line(parent(pid) or 0)
-
-    return [pid for pid in descendants(driver) if is_worker(pid)]
+    titled after the worker task; locally, the children of the fork server, a child of the
+    driver that is a fork of it (the same command line) or multiprocessing's own."""
+    tree = descendants(driver)
+    ray_workers = [pid for pid in tree if command_line(pid).startswith(b"ray::_worker_task")]
+    servers = [
+        pid
+        for pid in tree
+        if parent(pid) == driver
+        and (
+            command_line(pid) == command_line(driver)
+            or b"multiprocessing.forkserver" in command_line(pid)
+        )
+    ]
+    return ray_workers + [pid for pid in tree if parent(pid) in servers]
 
 
 def alive(pid: int) -> bool:

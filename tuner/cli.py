@@ -19,12 +19,9 @@ from tuner.errors import TunerError
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.ray_address is None:  # likely local: its workers' imports start on another core
-        from tuner.execution.local import warm_up
-
-        warm_up()
     from rich.console import Console
 
+    from tuner.execution.backend import warm_up
     from tuner.runner import run, with_overrides
     from tuner.spec import load_spec
     from tuner.views.display import StudyProgress, print_summary
@@ -45,6 +42,7 @@ def _run(args: argparse.Namespace) -> int:
         trials_per_worker=args.batch,
         warm_start=args.warm_start,
     )
+    warm_up(spec.execution)  # before the progress display's thread (see its doc)
     console = Console()
     with StudyProgress(console, spec.budget.trials) as progress:
         study = run(

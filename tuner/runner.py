@@ -159,6 +159,7 @@ def run(
         StudyNotFoundError: a warm-start study is not in the storage.
         ClusterUnreachableError: ``ray_address`` does not answer.
     """
+    backend.warm_up(spec.execution)
     url = resolve_storage_url(None, spec.execution.storage)
     if url.startswith("sqlite") and spec.execution.ray_address:
         raise StorageError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,6 +58,31 @@ def test_local_workers_spend_the_budget_in_the_drivers_environment(
         assert epoch["torch_threads"] == max(1, usable_cpus() // 2)
         assert epoch["own_process_group"] == 1.0 and epoch["probe_variable"] == 7.0
         assert epoch["no_gpu_visible"] == 1.0
+
+
+@pytest.mark.workers
+def test_tuner_run_forks_its_workers_from_the_driver(sqlite_url: str, tmp_path: Path) -> None:
+    """The fork server is a fork of the `tuner run` driver, not a new interpreter: workers
+    start with what the driver had imported (its progress display, which no worker imports),
+    torch is not loaded a second time."""
+    settings = [
+        "workload={name='tests.workloads.factories:process_probe'}",
+        "metric='loss'",
+        "direction='minimize'",
+    ]
+    command = ["run", str(QUICKSTART), "--storage", sqlite_url, "--trials", "2"]
+    command += [argument for setting in settings for argument in ("--set", setting)]
+    done = subprocess.run(
+        [sys.executable, "-m", "tuner.cli", *command],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    for trial in optuna.load_study(study_name="quickstart", storage=sqlite_url).trials:
+        (epoch, *_) = trial.user_attrs["curve"]
+        assert epoch["has_drivers_modules"] == 1.0
 
 
 @pytest.mark.workers

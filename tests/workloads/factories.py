@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +21,8 @@ def broken(options: dict[str, Any], context: TrialContext) -> Any:
 class _ProcessProbe:
     """One parameter descending x²; its metrics say how the worker process runs: torch's CPU
     threads and the process's niceness (what Ray's worker settings decide), whether it leads
-    its own process group, sees no GPU, and the value of $TUNER_PROBE (0 if unset); and with
+    its own process group, sees no GPU, has the `tuner run` driver's modules loaded, and the
+    value of $TUNER_PROBE (0 if unset); and with
     ``[workload.options] kill_once = FILE`` its first trial SIGKILLs its own worker (once:
     the file says it has)."""
 
@@ -45,6 +47,8 @@ class _ProcessProbe:
             "own_process_group": float(os.getpgrp() == os.getpid()),
             "no_gpu_visible": float(os.environ.get("CUDA_VISIBLE_DEVICES") == ""),
             "probe_variable": float(os.environ.get("TUNER_PROBE", "0")),
+            # Imported by `tuner run`'s driver, never by a worker: present if forked from it.
+            "has_drivers_modules": float("tuner.views.display" in sys.modules),
         }
 
 

@@ -26,6 +26,15 @@ def uses_ray(execution: ExecutionSpec) -> bool:
     return bool(execution.ray_address) or (ray is not None and ray.is_initialized())
 
 
+def warm_up(execution: ExecutionSpec) -> None:
+    """For local workers, start the fork server they are forked from: first thing, before a
+    database is opened or a thread started (tuner.execution.local.warm_up)."""
+    if not uses_ray(execution):
+        from tuner.execution.local import warm_up as start_fork_server
+
+        start_fork_server()
+
+
 def prepare(execution: ExecutionSpec, say: Callable[[str], None] = print) -> None:
     """Before anything is written: attach to the cluster or start a local Ray and check it
     can hold the workers; or start the local fork server (tuner.execution.local.warm_up).

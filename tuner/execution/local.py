@@ -7,10 +7,10 @@ task retries), share the GPUs out, cancel them politely and then by force. That 
 module, over the standard library's multiprocessing (hand-written only where it has no
 such policy: the retries, the GPU shares and the cancel).
 
-Workers are forked from multiprocessing's fork server, which `warm_up` starts as early as
-the command starts: it imports the worker loop (torch, Optuna, SQLAlchemy) on another core
-while the driver checks the spec and creates the study, and each worker forked from it
-starts with all of it loaded, its memory shared with the server's until written.
+Workers are forked from multiprocessing's fork server, which `warm_up` forks from the
+driver once it has imported the worker loop (torch, Optuna, SQLAlchemy), before it opens a
+database or starts a thread: each worker starts with all of it loaded, in memory shared with
+the driver's until written.
 
 Each worker runs in its own process group (Ctrl-C reaches the driver alone, which stops
 the workers as Ray's cancel does, so each records its trial as interrupted) and dies with
@@ -21,17 +21,22 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
+import importlib
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
+import multiprocessing.util
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
@@ -59,9 +64,54 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 
 
 def warm_up() -> None:
-    """Start the fork server, which imports the worker loop while this process goes on."""
-    _CONTEXT.set_forkserver_preload(PRELOAD)
-    multiprocessing.forkserver.ensure_running()
+    """Start the fork server that workers are forked from, once per process.
+
+    Forked from this process, with the worker loop imported here first: the server and its
+    workers start with everything this process has loaded (torch above all), in memory they
+    share with it, and nothing is imported twice. multiprocessing would start the server as a
+    new interpreter that imports it all again (a second torch: 1 s of CPU and 170 MB). That
+    is what happens where forking this process is not safe: other threads are running (a
+    lock one holds would stay held in the copy), or CUDA is initialized here.
+    """
+    server = multiprocessing.forkserver._forkserver
+    if server._forkserver_pid is not None or threading.active_count() > 1 or _cuda_in_use():
+        _CONTEXT.set_forkserver_preload(PRELOAD)
+        multiprocessing.forkserver.ensure_running()  # one running already: nothing to do
+        return
+    for module in PRELOAD:
+        importlib.import_module(module)
+    _fork_server_from_here(server)
+
+
+def _cuda_in_use() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized()
+
+
+def _fork_server_from_here(server: multiprocessing.forkserver.ForkServer) -> None:
+    """multiprocessing's fork server (its `main`, its protocol), in a fork of this process
+    rather than a new interpreter: what `ForkServer.ensure_running` does, the spawn aside,
+    and the same fields set (the standard library has no call for it)."""
+    resource_tracker.ensure_running()
+    with socket.socket(socket.AF_UNIX) as listener:
+        address = multiprocessing.connection.arbitrary_address("AF_UNIX")
+        listener.bind(address)
+        if not multiprocessing.util.is_abstract_socket_namespace(address):
+            os.chmod(address, 0o600)
+        listener.listen()
+        alive_r, alive_w = os.pipe()  # EOF on alive_r: every holder of alive_w is gone
+        pid = os.fork()
+        if pid == 0:  # the server: it serves until the driver (and its workers) are gone
+            try:
+                os.close(alive_w)
+                gc.freeze()  # what it shares stays shared: no collection touches it
+                multiprocessing.forkserver.main(listener.fileno(), alive_r, [])
+            finally:
+                os._exit(0)
+        os.close(alive_r)
+    server._forkserver_address = address
+    server._forkserver_alive_fd = alive_w
+    server._forkserver_pid = pid
 
 
 def machine_gpus() -> int:
