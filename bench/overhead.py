@@ -5,8 +5,11 @@ whatever machine runs it (a loaded one moves both alike):
 
 - start-up and teardown: `tuner run` of a two-trial Rosenbrock study, from launching the
   command to its first trial's start, and from its last trial's end to the command's exit;
-  peer: a plain Optuna script (imports torch, creates the study, `study.optimize`) of the
-  same two trials, measured the same way.
+  peers: a plain Optuna script (imports torch, creates the study, `study.optimize`) of the
+  same two trials, measured the same way, and `python -c "import torch, optuna"` from launch
+  to exit (issue 21's goal: start-up at most 1.5x that).
+- the quickstart: `tuner run studies/quickstart.toml` (40 trials, 2 workers, the README's
+  first command) from launch to exit (goal: 15 s or less on 2 quiet cores).
 - a trial on real data: SimpleCNN on the offline 5,000 MNIST digits, Adam at lr 1e-3, two
   epochs, as one `tuner run` trial (its recorded `wall_seconds`, from its claim to its end:
   sampling, model, data, training and its records); peer: a plain PyTorch loop over the same
@@ -122,6 +125,20 @@ def startup_teardown(folder: Path, tool: str) -> tuple[float, float, float]:
     first, last, trials = _edges(url, "quickstart")
     seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials]
     return first - launched, exited - last, statistics.mean(seconds)
+
+
+def imports_seconds(folder: Path) -> float:
+    """Launch to exit of `python -c "import torch, optuna"`: the start-up goal's peer."""
+    launched, exited, _ = _timed([sys.executable, "-c", "import torch, optuna"], _env(str(folder)))
+    return exited - launched
+
+
+def quickstart_seconds(folder: Path) -> float:
+    """Launch to exit of the README's first command, on a fresh SQLite file."""
+    url = f"sqlite:///{folder / 'quickstart.db'}"
+    command = [sys.executable, "-m", "tuner.cli", "run", str(QUICKSTART), "--storage", url]
+    launched, exited, _ = _timed(command, _env(str(folder)))
+    return exited - launched
 
 
 def cnn_trial(folder: Path, tool: str, epochs: int = 2) -> float:
@@ -242,13 +259,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each, alternated")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    results: dict[str, list] = {"tuner": [], "optuna": [], "tuner_cnn": [], "torch_cnn": []}
+    results: dict[str, list] = {
+        "tuner": [],
+        "optuna": [],
+        "imports": [],
+        "quickstart": [],
+        "tuner_cnn": [],
+        "torch_cnn": [],
+    }
     with tempfile.TemporaryDirectory(prefix="tuner-overhead-") as scratch:
         for repeat in range(args.repeat):
             for tool in ("optuna", "tuner"):
                 folder = Path(scratch) / f"{tool}-{repeat}"
                 folder.mkdir()
                 results[tool].append(startup_teardown(folder, tool))
+            results["imports"].append(imports_seconds(Path(scratch)))
+            results["quickstart"].append(quickstart_seconds(Path(scratch) / f"tuner-{repeat}"))
             for tool in ("torch", "tuner"):
                 results[f"{tool}_cnn"].append(cnn_trial(Path(scratch), tool))
         curves = curve_record(Path(scratch))
@@ -259,7 +285,11 @@ def main() -> None:
         return statistics.median(values)
 
     figures = {
-        "startup_s": {tool: median(tool, 0) for tool in ("tuner", "optuna")},
+        "startup_s": {
+            **{tool: median(tool, 0) for tool in ("tuner", "optuna")},
+            "import_torch_optuna": median("imports"),
+        },
+        "quickstart_s": median("quickstart"),
         "teardown_s": {tool: median(tool, 1) for tool in ("tuner", "optuna")},
         "cnn_trial_s": {"tuner": median("tuner_cnn"), "torch": median("torch_cnn")},
         "curve_s": curves,
@@ -268,10 +298,13 @@ def main() -> None:
     }
     startup, teardown = figures["startup_s"], figures["teardown_s"]
     cnn, trial = figures["cnn_trial_s"], figures["quickstart_trial_s"]
+    imports = startup["import_torch_optuna"]
     print(
         f"start-up (launch → first trial): tuner {startup['tuner']:.2f} s, plain Optuna "
-        f"{startup['optuna']:.2f} s: {startup['tuner'] / startup['optuna']:.2f}×"
+        f"{startup['optuna']:.2f} s: {startup['tuner'] / startup['optuna']:.2f}×; "
+        f"`import torch, optuna` {imports:.2f} s: {startup['tuner'] / imports:.2f}× (goal ≤ 1.5×)"
     )
+    print(f"quickstart (launch → exit):      tuner {figures['quickstart_s']:.1f} s (goal ≤ 15 s)")
     print(
         f"teardown (last trial → exit):    tuner {teardown['tuner']:.2f} s, plain Optuna "
         f"{teardown['optuna']:.2f} s: {teardown['tuner'] / max(teardown['optuna'], 1e-3):.2f}×"
