@@ -5,13 +5,14 @@ and Adam's β1, β2 and ε when Adam is drawn: up to 5 parameters, conditional),
 `tuner.search.space.sample_config` on one spec with the spec's TPE sampler, the same number of
 trials, two at a time, on the same PostgreSQL database, in one run of this script, so their
 ratios are meaningful on whatever machine runs it. Each side runs in processes of its own at
-this script's niceness (run it under `nice -n 10` on a shared machine: all three move
-together).
+this script's niceness (Ray's workers too: both Rays are told a worker niceness of 0, which
+adds nothing, where Ray's default adds 15), so under `nice -n 10` on a shared machine all three
+move together.
 
 - tuner: `tuner.runner.run(spec)` in a fresh process, as `tuner run` calls it, so it starts
   whatever backend `tuner run` starts on this machine (no cluster address given): this script
   starts none itself. Counted from the call to its return: the backend's start (a private Ray,
-  whose workers run at niceness 0, or local worker processes), the study's creation, the
+  or local worker processes), the study's creation, the
   workers' start-up (imports of torch and the optimizer libraries), every trial and the
   workers' end; not the interpreter's start, `import tuner.runner`, or the backend's shutdown
   after the return. Each trial trains the Rosenbrock workload for one optimizer step.
@@ -23,19 +24,23 @@ together).
   trial: the space is OptunaSearch's define-by-run function calling the same `sample_config`
   on the same spec, with the spec's sampler, and the trainable evaluates `rosenbrock_at` as
   plain Optuna does. In a fresh process, counted from `import ray` (then `ray.init`, 2 CPUs,
-  workers at niceness 0 as tuner's local Ray) to `Tuner.fit()` returning; not
-  `ray.shutdown()`. Needs the `bench` extra: pip install -e '.[bench]'.
+  worker niceness 0 as tuner's local Ray) to `Tuner.fit()` returning; not `ray.shutdown()`.
+  Needs the `bench` extra: pip install -e '.[bench]'.
 
     python bench/throughput.py [--trials 200] [--repeat 3] [--storage URL] [--skip-tune]
 
-With --repeat N, plain Optuna and tuner run N times each, alternately, and the medians are
-compared: on a small machine a single run moves with whatever else is running. Ray Tune runs
+Each side prints trials/s over its whole count, the steady rate (the middle 80% of its trials
+by start time: what a trial costs once the workers are up) and its start-up (from the clock's
+start to the first trial's start). With --repeat N, plain Optuna and tuner run N times each,
+alternately, and the medians are compared, and each tuner run against the plain run just
+before it: on a small machine a single run moves with whatever else is running. Ray Tune runs
 once, after them: it is an order of magnitude slower, more than any run-to-run noise.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import multiprocessing
 import os
@@ -93,20 +98,31 @@ def _plain_worker(name: str, url: str, trials: int) -> None:
 
 class Rate(NamedTuple):
     """Trials/s over the whole run, and steady: over the middle 80% of the trials, by start
-    time (what a trial costs once the workers are up: start-up and the end left out)."""
+    time (what a trial costs once the workers are up: start-up and the end left out); and
+    start-up, the seconds from the clock's start to the first trial's."""
 
     overall: float
     steady: float
+    startup: float
 
 
-def _rate(name: str, url: str, elapsed: float) -> Rate:
+class Clock(NamedTuple):
+    """When a side's clock started (the wall clock, as trials' start times are recorded), and
+    the seconds it ran."""
+
+    since: datetime.datetime
+    elapsed: float
+
+
+def _rate(name: str, url: str, clock: Clock) -> Rate:
     """The study's rates; then the study is deleted."""
     trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
     starts = sorted(trial.datetime_start for trial in trials)
     first, last = len(starts) // 10, len(starts) - 1 - len(starts) // 10
     optuna.delete_study(study_name=name, storage=url)
     steady = (last - first) / (starts[last] - starts[first]).total_seconds()
-    return Rate(len(trials) / elapsed, steady)
+    startup = (starts[0] - clock.since).total_seconds()
+    return Rate(len(trials) / clock.elapsed, steady, startup)
 
 
 def _in_fresh_process(target: Any, *args: Any) -> Any:
@@ -135,13 +151,13 @@ def plain_optuna(url: str, trials: int) -> Rate:
     context = multiprocessing.get_context("spawn")
     shares = (trials - trials // 2, trials // 2)
     workers = [context.Process(target=_plain_worker, args=(name, url, n)) for n in shares]
-    started = time.perf_counter()
+    since, started = datetime.datetime.now(), time.perf_counter()
     optuna.create_study(study_name=name, storage=url)  # timed, as tuner.run() creates its own
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return _rate(name, url, time.perf_counter() - started)
+    return _rate(name, url, Clock(since, time.perf_counter() - started))
 
 
 def _tuner_process(name: str, url: str, trials: int, out: Any) -> None:
@@ -150,12 +166,12 @@ def _tuner_process(name: str, url: str, trials: int, out: Any) -> None:
     from tuner.runner import run
 
     spec = bench_spec(name, trials, url)
-    started = time.perf_counter()
+    since, started = datetime.datetime.now(), time.perf_counter()
     run(spec, say=lambda line: print(line, flush=True))
-    elapsed = time.perf_counter() - started
+    clock = Clock(since, time.perf_counter() - started)
     ray = sys.modules.get("ray")
     on_ray = ray is not None and ray.is_initialized()
-    out.put((elapsed, on_ray))
+    out.put((clock, on_ray))
     if on_ray:  # after the clock, as a `tuner run` process exits
         ray.shutdown()
 
@@ -163,8 +179,8 @@ def _tuner_process(name: str, url: str, trials: int, out: Any) -> None:
 def tuner_run(url: str, trials: int) -> tuple[Rate, bool]:
     """Trials/s of `tuner.runner.run()` in a fresh process, and whether it ran on Ray."""
     name = f"bench-tuner-{uuid.uuid4().hex[:8]}"
-    elapsed, on_ray = _in_fresh_process(_tuner_process, name, url, trials)
-    return _rate(name, url, elapsed), on_ray
+    clock, on_ray = _in_fresh_process(_tuner_process, name, url, trials)
+    return _rate(name, url, clock), on_ray
 
 
 def _tune_space(spec: Any, trial: optuna.Trial) -> dict[str, float]:
@@ -181,7 +197,7 @@ def _tune_process(name: str, url: str, trials: int, out: Any) -> None:
     from tuner.search.samplers import make_sampler
     from tuner.search.space import sample_config  # noqa: F401 (imported before the clock)
 
-    started = time.perf_counter()  # Ray's import counts, as in tuner's run()
+    since, started = datetime.datetime.now(), time.perf_counter()  # Ray's import counts too
     import ray
     from ray import cloudpickle, tune
     from ray.tune.search.optuna import OptunaSearch
@@ -216,7 +232,7 @@ def _tune_process(name: str, url: str, trials: int, out: Any) -> None:
             run_config=tune.RunConfig(storage_path=results, verbose=0),
         )
         runner.fit()
-        out.put(time.perf_counter() - started)
+        out.put(Clock(since, time.perf_counter() - started))
     ray.shutdown()
 
 
@@ -249,7 +265,8 @@ def main() -> None:
                 f"{ours_runs[-1].overall:.2f} trials/s "
                 f"({ours_runs[-1].overall / plains[-1].overall:.2f}x); steady "
                 f"{plains[-1].steady:.2f}, {ours_runs[-1].steady:.2f} "
-                f"({ours_runs[-1].steady / plains[-1].steady:.2f}x)",
+                f"({ours_runs[-1].steady / plains[-1].steady:.2f}x); start-up "
+                f"{plains[-1].startup:.1f} s, {ours_runs[-1].startup:.1f} s",
                 flush=True,
             )
     plain = Rate(*(statistics.median(rates) for rates in zip(*plains, strict=True)))
@@ -266,13 +283,24 @@ def main() -> None:
         f"steady (middle 80% of trials): plain {plain.steady:.2f}, tuner "
         f"{ours.steady:.2f} trials/s, {ours.steady / plain.steady:.2f}x"
     )
+    print(
+        f"start-up (to the first trial):     plain {plain.startup:.1f} s, "
+        f"tuner {ours.startup:.1f} s"
+    )
+    if args.repeat > 1:  # each run against the plain run just before it, on the same load
+        paired = [a.overall / b.overall for a, b in zip(ours_runs, plains, strict=True)]
+        print(
+            f"tuner / plain Optuna run by run:    "
+            f"{', '.join(f'{ratio:.2f}' for ratio in paired)}x "
+            f"(median {statistics.median(paired):.2f}x)"
+        )
     if not args.skip_tune:
         tune = ray_tune(args.storage, args.trials)
         print(f"Ray Tune + OptunaSearch, 2 at once: {tune.overall:7.2f} trials/s (one run)")
         print(f"tuner / Ray Tune:                   {ours.overall / tune.overall:7.2f}x")
         print(
             f"steady: Ray Tune {tune.steady:.2f} trials/s, tuner / Ray Tune "
-            f"{ours.steady / tune.steady:.2f}x"
+            f"{ours.steady / tune.steady:.2f}x; Ray Tune's start-up {tune.startup:.1f} s"
         )
 
 
