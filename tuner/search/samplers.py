@@ -106,7 +106,7 @@ def _gp(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
 SAMPLERS: dict[str, Sampler] = {
     # 20 start-up trials, hyperopt's default for TPE, not Optuna's 10: on the digits CNN
     # (bench/search_efficiency.py, seeds 0-9) 5, 10, 15 and 20 were tried and 20 reached the
-    # target soonest, and on ten fresh seeds (10-19) it reached 98.61% where 10 missed in
+    # target soonest, and on ten fresh seeds (10-19) it got 355 of 359 right where 10 missed in
     # half of them (docs/benchmarks.md). Fewer random trials let TPE fit a noisy metric to
     # two or three lucky ones.
     "tpe": Sampler(
