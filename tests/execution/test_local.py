@@ -17,7 +17,7 @@ import tuner
 from tests.processes import alive, worker_processes
 from tests.test_faults import QUICKSTART, assert_finished_with_retries, running_by, wait_for
 from tuner.errors import ExecutionError
-from tuner.execution.local import GpuShares
+from tuner.execution.local import GpuShares, device_names
 from tuner.execution.resources import WORKER_RETRIES, usable_cpus
 from tuner.runner import with_overrides
 from tuner.spec import StudySpec
@@ -168,6 +168,21 @@ def test_gpu_shares_pack_workers_as_ray_does(
 ) -> None:
     shares = GpuShares(gpus, share)
     assert [shares.take() for _ in takes] == takes
+
+
+@pytest.mark.parametrize(
+    ("visible", "gpus", "names"),
+    [(None, [1], "1"), (None, [0, 1], "0,1"), ("2,3", [1], "3"), ("GPU-ab,GPU-cd", [0], "GPU-ab")],
+)
+def test_a_worker_sees_its_gpus_among_those_the_driver_was_given(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, gpus: list[int], names: str
+) -> None:
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert device_names(gpus) == names
+    assert device_names([]) == ""
 
 
 def test_a_gpu_share_given_back_is_taken_by_the_next_worker() -> None:

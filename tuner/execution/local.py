@@ -100,6 +100,8 @@ def _fork_server_from_here(server: multiprocessing.forkserver.ForkServer) -> Non
             os.chmod(address, 0o600)
         listener.listen()
         alive_r, alive_w = os.pipe()  # EOF on alive_r: every holder of alive_w is gone
+        for stream in (sys.stdout, sys.stderr):  # or a worker's output would repeat ours
+            stream.flush()
         pid = os.fork()
         if pid == 0:  # the server: it serves until the driver (and its workers) are gone
             try:
@@ -119,6 +121,17 @@ def machine_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
+
+
+def device_names(gpus: list[int]) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for a worker holding GPUs `gpus`, counted among those this
+    process sees: where the driver itself was given some (``CUDA_VISIBLE_DEVICES=2,3``),
+    GPU 0 is the first of those."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = (
+        visible.split(",") if visible else [str(gpu) for gpu in range(max(gpus, default=-1) + 1)]
+    )
+    return ",".join(names[gpu] for gpu in gpus)
 
 
 class GpuShares:
@@ -349,7 +362,7 @@ def _worker_main(
     os.environ.clear()
     os.environ.update(handed["environment"])
     # Ray's convention: a worker sees only the GPUs it holds ("" for none).
-    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    os.environ["CUDA_VISIBLE_DEVICES"] = device_names(gpus)
     sys.path[:] = handed["sys_path"]
     from tuner.execution.worker import run_worker
     from tuner.spec import StudySpec
