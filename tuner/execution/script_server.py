@@ -53,6 +53,7 @@ import threading
 import time
 import traceback
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -62,9 +63,6 @@ from typing import IO, NoReturn
 PR_SET_PDEATHSIG = 1
 #: Seconds a trial's group gets between SIGTERM and SIGKILL.
 GRACE_SECONDS = 5
-#: What the server imports before its first fork for a Python script: torch, and what
-#: `tuner.current_trial()` needs.
-PRELOAD = ("torch", "tuner.execution.script", "tuner.search.pruners", "tuner.storage.rdb")
 #: How the worker starts the server (not ``-m``, which would load this module twice in it:
 #: once as ``__main__``, once for what the worker sends).
 SERVE = "import sys; from tuner.execution.script_server import main; sys.exit(main(sys.argv[1:]))"
@@ -180,8 +178,10 @@ def main(argv: list[str]) -> int:
     # the child); the server runs no Python thread (see _Server.learn). Python 3.12 warns at
     # each fork of a process with threads.
     warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks")
-    if server.python:
-        server.preload(PRELOAD)
+    if server.python:  # torch, and what tuner.current_trial() can do before it has a trial
+        from tuner.execution.script import prepare_fork
+
+        prepare_fork()
     server.serve()
     return 0
 
@@ -256,7 +256,8 @@ class _Server:
             )
             fd = self.channel.fileno()
             os.set_inheritable(fd, True)
-            os.execv(sys.executable, [sys.executable, "-c", SERVE, str(os.getppid()), str(fd)])
+            argv = [sys.executable, "-c", SERVE, str(os.getppid()), str(fd), "--python"]
+            os.execv(sys.executable, argv)
 
 
 def _gpu_driver_loaded() -> bool:
@@ -346,6 +347,10 @@ def _run_python(kind: str, target: str, args: list[str], threads: int, modules: 
         sys.modules["torch"].set_num_threads(threads)
     if "numpy" in sys.modules:  # seeded from the OS in a fresh interpreter: not the same
         sys.modules["numpy"].random.seed()  # state in every trial (random reseeds at fork)
+    # The finalizers of the server's imports are the server's teardown, not the trial's
+    # (torch frees its operator registrations: 35 ms an exit); the script's own still run.
+    for finalizer in list(getattr(weakref.finalize, "_registry", ())):
+        finalizer.atexit = False
     sys.argv = [target, *args]
     sys.path[0] = os.getcwd() if kind == "module" else os.path.dirname(os.path.realpath(target))
     own.add(sys.path[0])
@@ -353,7 +358,8 @@ def _run_python(kind: str, target: str, args: list[str], threads: int, modules: 
         if kind == "module":
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         else:
-            runpy.run_path(target, run_name="__main__")
+            # Its absolute path, as python's __file__ and tracebacks have it (sys.argv[0] too).
+            runpy.run_path(os.path.abspath(target), run_name="__main__")
         status = 0
     except SystemExit as exit:
         status = _exit_status(exit.code)
@@ -361,7 +367,7 @@ def _run_python(kind: str, target: str, args: list[str], threads: int, modules: 
         tb = error.__traceback__  # from the script's frames on, as python prints it
         while tb is not None and tb.tb_frame.f_globals.get("__name__") in (__name__, "runpy"):
             tb = tb.tb_next
-        sys.excepthook(type(error), error, tb)
+        sys.excepthook(type(error), error.with_traceback(tb), tb)
         status = -signal.SIGINT if isinstance(error, KeyboardInterrupt) else 1
     # What an interpreter does at exit, less its teardown (seconds, with torch loaded).
     for thread in threading.enumerate():
