@@ -18,6 +18,7 @@ a subprocess of the worker.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -74,13 +75,7 @@ def current_trial() -> Trial:
             "this script through a study file with [workload] command = [...] and `tuner run`"
         )
     handed = json.loads(raw)
-    from tuner.search.pruners import make_pruner
-
-    # No heartbeat here: the worker beats for it, and has checked the database's tables.
-    storage = open_storage(handed["storage"], checked=True)
-    study_id = storage.get_study_id_from_name(handed["study"])
-    spec = parse_spec(storage.get_study_user_attrs(study_id)["spec"], f"study {handed['study']}")
-    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
+    study, spec = _study(handed["storage"], handed["study"])
     record = TrainingRecord()
     _current = Trial(
         optuna.Trial(study, handed["trial_id"]),
@@ -95,16 +90,37 @@ def current_trial() -> Trial:
     return _current
 
 
-def prepare_fork() -> None:
+@functools.cache
+def _study(storage_url: str, name: str) -> tuple[optuna.Study, StudySpec]:
+    """The study a script's trial belongs to, with its spec, loaded once a process."""
+    from tuner.search.pruners import make_pruner
+
+    # No heartbeat here: the worker beats for it, and has checked the database's tables.
+    storage = open_storage(storage_url, checked=True)
+    study_id = storage.get_study_id_from_name(name)
+    spec = parse_spec(storage.get_study_user_attrs(study_id)["spec"], f"study {name}")
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
+    return study, spec
+
+
+def prepare_fork(env: Mapping[str, str] | None = None) -> None:
     """What `current_trial` can do before it knows its trial, done once by the fork server
-    (tuner.execution.script_server) rather than by every script it forks: the imports, and
-    SQLAlchemy's configuration of Optuna's table mappers (0.1 s at their first use in a
-    process). Nothing that connects: a forked child must not share a connection."""
+    (tuner.execution.script_server) rather than by every script it forks: the imports (torch's
+    compiler among them, which every optimizer's constructor imports: 1 s), SQLAlchemy's
+    configuration of Optuna's table mappers (0.1 s at their first use in a
+    process), and once a trial's environment (`env`) has named them, the study's storage and
+    spec, its connections closed then: a forked child opens its own, as SQLAlchemy requires."""
     import sqlalchemy.orm
+    import torch._dynamo  # noqa: F401
 
     import tuner.search.pruners  # noqa: F401
 
     sqlalchemy.orm.configure_mappers()
+    raw = (env or {}).get(TRIAL_VARIABLE)
+    if raw is not None:
+        handed = json.loads(raw)
+        study, _ = _study(handed["storage"], handed["study"])
+        rdb_backend(internals.study_storage(study)).engine.dispose()
 
 
 def _publish(trial: Trial, stopped: BaseException | None) -> None:

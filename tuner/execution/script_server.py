@@ -38,6 +38,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import gc
 import importlib
 import io
 import os
@@ -54,7 +55,7 @@ import time
 import traceback
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import IO, NoReturn
@@ -178,10 +179,8 @@ def main(argv: list[str]) -> int:
     # the child); the server runs no Python thread (see _Server.learn). Python 3.12 warns at
     # each fork of a process with threads.
     warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks")
-    if server.python:  # torch, and what tuner.current_trial() can do before it has a trial
-        from tuner.execution.script import prepare_fork
-
-        prepare_fork()
+    if server.python:
+        server.prepare(None)
     server.serve()
     return 0
 
@@ -197,13 +196,29 @@ class _Server:
 
     def __init__(self, channel: Connection, python: bool, learn: bool):
         self.channel, self.python, self.learning = channel, python, learn
+        self.pid = os.getpid()
         self.running: int | None = None  # the pid of the trial under way
+        #: The modules loaded here: a child reports only those it adds (see _learnable).
+        self.loaded: frozenset[str] = frozenset()
+        #: Where installed modules live (site-packages, the standard library), found once
+        #: here rather than in each child (sysconfig takes milliseconds the first time).
+        paths = [*site.getsitepackages(), site.getusersitepackages()]
+        paths += [sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib")]
+        self.installed = frozenset(os.path.realpath(path) for path in paths)
 
     def worker_died(self, *_: object) -> None:
         """SIGTERM: the worker is gone (or the server is told to stop): end the trial's group."""
         if self.running is not None:
             end_group(self.running, lambda timeout: _reap(self.running, timeout))
         os._exit(0)
+
+    def prepare(self, env: dict[str, str] | None) -> None:
+        """Torch, and what tuner.current_trial() can do before it has a trial (once a trial's
+        environment has named the study, its storage and spec too)."""
+        from tuner.execution.script import prepare_fork
+
+        with contextlib.suppress(Exception):  # a database out of reach: the child will say
+            prepare_fork(env)
 
     def preload(self, modules: tuple[str, ...] | list[str]) -> None:
         for name in modules:
@@ -212,6 +227,7 @@ class _Server:
                     importlib.import_module(name)
 
     def serve(self) -> None:
+        self.loaded = frozenset(sys.modules)
         while True:
             try:
                 launch: Launch = self.channel.recv()
@@ -220,10 +236,12 @@ class _Server:
             with tempfile.TemporaryFile() as modules:
                 sys.stdout.flush()  # nothing buffered here is written twice by the child
                 sys.stderr.flush()
-                server = os.getpid()
+                # The child's collections skip what it inherits: one walking the server's
+                # half a million objects wrote to each, copying every page (0.3 s a trial).
+                gc.freeze()
                 pid = os.fork()
                 if pid == 0:
-                    _child(launch, server, self.channel, modules)
+                    _child(launch, self, modules)
                 self.running = pid
                 try:
                     self.channel.send(pid)
@@ -234,8 +252,11 @@ class _Server:
                     return  # the worker is gone; SIGTERM ends the group
                 modules.seek(0)
                 learned = modules.read().decode().split()
+            if self.python:
+                self.prepare(launch.env)
             if self.learning and learned:
                 self.learn(learned)
+            self.loaded = frozenset(sys.modules)
 
     def learn(self, names: list[str]) -> None:
         """Import what the last trial's script imported, quietly. If that started a Python
@@ -282,15 +303,16 @@ def _reap(pid: int, timeout: float | None) -> None:
 _streams: list[IO[str]] = []
 
 
-def _child(launch: Launch, server: int, channel: Connection, modules: IO[bytes]) -> NoReturn:
-    """In the forked child: become the trial's process (group), then run its command."""
+def _child(launch: Launch, server: _Server, modules: IO[bytes]) -> NoReturn:
+    """In the forked child of `server`: become the trial's process (group), then run its
+    command."""
     status = 1
     try:
         os.setsid()
-        if not _dies_with(server, signal.SIGKILL):
+        if not _dies_with(server.pid, signal.SIGKILL):
             os._exit(1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        channel.close()
+        server.channel.close()
         for path, fd in ((launch.stdout, 1), (launch.stderr, 2)):
             file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(file, fd)
@@ -309,7 +331,7 @@ def _child(launch: Launch, server: int, channel: Connection, modules: IO[bytes])
                 status = 127  # as a shell says it
                 raise SystemExit from None
         _reopen_streams()
-        status = _run_python(*entry, threads=launch.threads, modules=modules)
+        status = _run_python(*entry, launch.threads, server, modules)
     except SystemExit:
         pass
     except BaseException:
@@ -338,10 +360,11 @@ def _reopen_streams() -> None:
         setattr(sys, f"__{name}__", stream)
 
 
-def _run_python(kind: str, target: str, args: list[str], threads: int, modules: IO[bytes]) -> int:
+def _run_python(
+    kind: str, target: str, args: list[str], threads: int, server: _Server, modules: IO[bytes]
+) -> int:
     """Run a script or module as ``__main__``, as ``python`` would; its exit status. Then
     write to `modules` what it imported that the server may import for the next trial."""
-    before = set(sys.modules)
     own = {os.path.realpath(os.getcwd())}  # the user's own code: not the server's to import
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
@@ -376,7 +399,7 @@ def _run_python(kind: str, target: str, args: list[str], threads: int, modules: 
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
-    modules.write("\n".join(_learnable(before, own)).encode())
+    modules.write("\n".join(_learnable(server, own)).encode())
     modules.flush()
     if status < 0:  # an uncaught KeyboardInterrupt: die of SIGINT, as python does
         signal.signal(-status, signal.SIG_DFL)
@@ -394,23 +417,24 @@ def _exit_status(code: object) -> int:
     return 1
 
 
-def _learnable(before: set[str], own: set[str]) -> list[str]:
-    """The modules imported since `before` that the server may import: installed or tuner's,
+def _learnable(server: _Server, own: set[str]) -> list[str]:
+    """The modules imported here that `server` has not and may import: installed or tuner's,
     not the user's `own` (under the working directory or the script's folder)."""
-    installed = [*site.getsitepackages(), site.getusersitepackages()]
-    installed += [sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib")]
-    installed = {os.path.realpath(path) for path in installed}
 
-    def under(path: str, folders: set[str]) -> bool:
+    def under(path: str, folders: Iterable[str]) -> bool:
         return any(path == folder or path.startswith(folder + os.sep) for folder in folders)
 
     names = []
     for name, module in list(sys.modules.items()):
-        if name in before or name.startswith("__") or getattr(module, "__spec__", None) is None:
+        if name in server.loaded or name.startswith("__") or not getattr(module, "__spec__", 0):
             continue
         folders = getattr(module, "__path__", None) or []  # a namespace package has no file
         origin = getattr(module, "__file__", None) or next(iter(folders), "")
         origin = os.path.realpath(origin) if origin else ""
-        if name.split(".")[0] == "tuner" or not under(origin, own) or under(origin, installed):
+        if (
+            name.split(".")[0] == "tuner"
+            or not under(origin, own)
+            or under(origin, server.installed)
+        ):
             names.append(name)
     return names
