@@ -7,9 +7,10 @@ a new session (the trial's process group), stdout and stderr on the trial's file
 folder as the working directory, the trial's environment. A Python script (``python X.py
 args`` or ``python -m module args``, `python` being tuner's interpreter) then runs in that
 child as ``python`` would run it (sys.argv, sys.path[0], ``__main__``, its exit status), in a
-server that has imported torch and tuner's side of `tuner.current_trial()` once: a trial
-starts in milliseconds instead of importing torch again. Any other command is exec'd from the
-child: a fresh program, in its group and under the same guard.
+server that has imported torch and tuner's side of `tuner.current_trial()` once (and, once a
+trial has named it, loaded the study: tuner.execution.script.prepare_fork): a trial starts in
+milliseconds instead of importing torch again. Any other command is exec'd from the child: a
+fresh program, in its group and under the same guard.
 
 Between trials the server also imports the modules the last trial's script imported, so that
 the next child finds them loaded as a training function finds its imports in the worker: the
