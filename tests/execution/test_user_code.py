@@ -403,8 +403,9 @@ def test_stopping_the_worker_ends_a_script_trial_and_its_process_tree(
     sqlite_url: str,
     stop: signal.Signals,
 ) -> None:
-    """Ctrl-C: the worker ends the script's process group and fails the trial. SIGKILL: the
-    worker cannot, and the guard it ran the script under ends the group instead."""
+    """Ctrl-C: the worker ends the script's process group and fails the trial, and stops its
+    fork server. SIGKILL: the worker cannot, and its fork server (the script's parent) ends
+    the group instead, then itself."""
     script = """
         import os
         import subprocess
@@ -414,7 +415,7 @@ def test_stopping_the_worker_ends_a_script_trial_and_its_process_tree(
         trial = tuner.current_trial()
         child = subprocess.Popen(["sleep", "600"])
         with open("pids.txt", "w") as pids:
-            pids.write(f"{os.getpid()} {child.pid}")
+            pids.write(f"{os.getpid()} {child.pid} {os.getppid()}")
         trial.report(1.0, 1)
         time.sleep(600)
         """

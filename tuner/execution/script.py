@@ -9,20 +9,26 @@ heartbeats going meanwhile; when the script exits it reads back what the script 
 trial: a non-zero exit is a FAIL with the tail of stderr as its reason.
 
 The command runs in its own process group: Ctrl-C or a cancelled worker ends the script and
-every process it started. A SIGKILLed worker cannot clean up; on Linux the command runs under
-tuner.execution.script_guard, which ends the group when the worker dies.
+every process it started. On Linux the worker's fork server starts it
+(tuner.execution.script_server): a Python script is forked from an interpreter that has
+imported torch and tuner already, so that a trial starts in milliseconds, and the server ends
+the group when the worker dies, which a SIGKILLed worker cannot do. Elsewhere the command is
+a subprocess of the worker.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +37,12 @@ import torch
 
 from tuner.config import TrainingConfig
 from tuner.execution.output import TAIL_LINES, keep_files
-from tuner.execution.script_guard import GRACE_SECONDS
+from tuner.execution.script_server import ForkServer, Launch, end_group, python_entry
 from tuner.execution.train import TrainingRecord, TrialDiverged
 from tuner.execution.trial import Trial, final_value
 from tuner.spec import StudySpec, parse_spec
 from tuner.storage import optuna_internals as internals
+from tuner.storage.rdb import open_storage, rdb_backend
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +75,7 @@ def current_trial() -> Trial:
             "this script through a study file with [workload] command = [...] and `tuner run`"
         )
     handed = json.loads(raw)
-    from tuner.search.pruners import make_pruner
-    from tuner.storage.rdb import open_storage
-
-    storage = open_storage(handed["storage"])  # no heartbeat here: the worker beats for it
-    study_id = storage.get_study_id_from_name(handed["study"])
-    spec = parse_spec(storage.get_study_user_attrs(study_id)["spec"], f"study {handed['study']}")
-    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
+    study, spec = _study(handed["storage"], handed["study"])
     record = TrainingRecord()
     _current = Trial(
         optuna.Trial(study, handed["trial_id"]),
@@ -89,8 +90,42 @@ def current_trial() -> Trial:
     return _current
 
 
+@functools.cache
+def _study(storage_url: str, name: str) -> tuple[optuna.Study, StudySpec]:
+    """The study a script's trial belongs to, with its spec, loaded once a process."""
+    from tuner.search.pruners import make_pruner
+
+    # No heartbeat here: the worker beats for it, and has checked the database's tables.
+    storage = open_storage(storage_url, checked=True)
+    study_id = storage.get_study_id_from_name(name)
+    spec = parse_spec(storage.get_study_user_attrs(study_id)["spec"], f"study {name}")
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec))
+    return study, spec
+
+
+def prepare_fork(env: Mapping[str, str] | None = None) -> None:
+    """What `current_trial` can do before it knows its trial, done once by the fork server
+    (tuner.execution.script_server) rather than by every script it forks: the imports (torch's
+    compiler among them, which every optimizer's constructor imports: 1 s), SQLAlchemy's
+    configuration of Optuna's table mappers (0.1 s at their first use in a
+    process), and once a trial's environment (`env`) has named them, the study's storage and
+    spec, its connections closed then: a forked child opens its own, as SQLAlchemy requires."""
+    import sqlalchemy.orm
+    import torch._dynamo  # noqa: F401
+
+    import tuner.search.pruners  # noqa: F401
+
+    sqlalchemy.orm.configure_mappers()
+    raw = (env or {}).get(TRIAL_VARIABLE)
+    if raw is not None:
+        handed = json.loads(raw)
+        study, _ = _study(handed["storage"], handed["study"])
+        rdb_backend(internals.study_storage(study)).engine.dispose()
+
+
 def _publish(trial: Trial, stopped: BaseException | None) -> None:
-    """After each report: leave the curve, and why the trial stopped, for the worker."""
+    """After each report: leave the curve, and why the trial stopped, for the worker (in one
+    transaction)."""
     attributes: dict[str, Any] = {
         "curve": trial.record.curve,
         "epochs_run": trial.record.epochs_run,
@@ -98,13 +133,27 @@ def _publish(trial: Trial, stopped: BaseException | None) -> None:
     if stopped is not None:
         kind = "pruned" if isinstance(stopped, optuna.TrialPruned) else "diverged"
         attributes[STOP_ATTRIBUTE] = {"kind": kind, "reason": str(stopped)}
-    storage = trial.optuna_trial.storage
-    for key, value in attributes.items():
-        storage.set_trial_user_attr(internals.trial_id(trial.optuna_trial), key, value)
+    storage = rdb_backend(trial.optuna_trial.storage)
+    storage.set_trial_attrs(internals.trial_id(trial.optuna_trial), attributes)
 
 
-def run_script(spec: StudySpec, storage_url: str, trial: Trial) -> float:
-    """Run the study's command for `trial` to its end and return the trial's value.
+@contextmanager
+def script_loop(spec: StudySpec, storage_url: str) -> Iterator[Callable[[Trial], float]]:
+    """`run_script` for one worker's trials: on Linux through a fork server of the worker's,
+    started now (its imports overlap the worker's first claim) and stopped with the loop."""
+    if not sys.platform.startswith("linux"):  # the server needs Linux's parent-death signal
+        yield partial(run_script, spec, storage_url, None)
+        return
+    server = ForkServer(python=python_entry(interpreted(spec.workload.command or [])) is not None)
+    try:
+        yield partial(run_script, spec, storage_url, server)
+    finally:
+        server.close()
+
+
+def run_script(spec: StudySpec, storage_url: str, server: ForkServer | None, trial: Trial) -> float:
+    """Run the study's command for `trial` to its end, started by `server` (else as a
+    subprocess), and return the trial's value.
 
     Raises:
         optuna.TrialPruned: the script's report was pruned.
@@ -122,21 +171,22 @@ def run_script(spec: StudySpec, storage_url: str, trial: Trial) -> float:
         "device": str(trial.device),
         "config": trial.config.to_dict(),
     }
-    env = {**os.environ, TRIAL_VARIABLE: json.dumps(handed)}
-    argv = interpreted(command)
-    if sys.platform.startswith("linux"):  # the guard needs Linux's parent-death signal
-        argv = [sys.executable, "-m", "tuner.execution.script_guard", str(os.getpid()), *argv]
     with tempfile.TemporaryDirectory(prefix="tuner-script-") as tmp:
         stdout_path = Path(tmp) / f"trial_{trial.number}_stdout.txt"
         stderr_path = Path(tmp) / f"trial_{trial.number}_stderr.txt"
-        with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
-            process = subprocess.Popen(
-                argv, cwd=folder, env=env, stdout=stdout, stderr=stderr, start_new_session=True
-            )
-            try:
-                status = process.wait()
-            finally:  # also after a clean exit: nothing the script started outlives its trial
-                _end_group(process)
+        launch = Launch(
+            argv=interpreted(command),
+            cwd=folder,
+            env={**os.environ, TRIAL_VARIABLE: json.dumps(handed)},
+            stdout=str(stdout_path),
+            stderr=str(stderr_path),
+            threads=torch.get_num_threads(),
+        )
+        process = server.start(launch) if server is not None else _subprocess(launch)
+        try:
+            status = process.wait()
+        finally:  # also after a clean exit: nothing the script started outlives its trial
+            end_group(process.pid, process.wait)
         keep_files(trial.optuna_trial, [stdout_path, stderr_path])
         tail = stderr_path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
     return _settle_script(trial, command, status, tail)
@@ -169,14 +219,14 @@ def _settle_script(trial: Trial, command: list[str], status: int, tail: list[str
     return final_value(trial, None, shlex.join(command))
 
 
-def _end_group(process: subprocess.Popen) -> None:
-    """Stop every process of the script's group: SIGTERM, then SIGKILL after a grace."""
-    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return  # the group is empty: all gone
-        try:
-            process.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
+def _subprocess(launch: Launch) -> subprocess.Popen:
+    """The command as a subprocess of the worker, in a session of its own."""
+    with open(launch.stdout, "wb") as stdout, open(launch.stderr, "wb") as stderr:
+        return subprocess.Popen(
+            launch.argv,
+            cwd=launch.cwd,
+            env=launch.env,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )

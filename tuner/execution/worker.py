@@ -159,14 +159,18 @@ class _Slot:
 UserLoop = Callable[[Trial], float]
 
 
-def user_loop(spec: StudySpec, storage_url: str) -> UserLoop | None:
-    """How this study's trials train when user code owns the loop, else None."""
+@contextmanager
+def user_loop(spec: StudySpec, storage_url: str) -> Iterator[UserLoop | None]:
+    """How this study's trials train when user code owns the loop, else None; for as long
+    as the worker runs (a command's loop keeps a process that starts its trials)."""
     if spec.workload.command:
-        from tuner.execution.script import run_script
+        from tuner.execution.script import script_loop
 
-        return partial(run_script, spec, storage_url)
+        with script_loop(spec, storage_url) as loop:
+            yield loop
+        return
     function = training_function(spec.workload)
-    return None if function is None else partial(run_function, function)
+    yield None if function is None else partial(run_function, function)
 
 
 class _Group(Protocol):
@@ -536,7 +540,7 @@ def run_worker(
     identity = {"worker": summary.worker, "node": node or socket.gethostname()}
     capacity = trials_per_worker(execution.trials_per_worker, device)
     recorder = recorder or LearningCurveRecorder()
-    running = _Running(study, spec, device, capacity, recorder, user_loop(spec, storage_url))
+    running = _Running(study, spec, device, capacity, recorder)
     idle_since: float | None = None
     swept = next_claim = 0.0
     deadline: float | None = None
@@ -544,7 +548,10 @@ def run_worker(
     # stale (grace, heard from the database: see RetryingRDBStorage.stale_silences) and be
     # swept (once a heartbeat interval), and to claim its retry.
     patience = execution.grace_seconds + 2 * execution.heartbeat_seconds
-    with heartbeat(storage, running.trial_ids) as beats:
+    with (
+        user_loop(spec, storage_url) as running.user_loop,
+        heartbeat(storage, running.trial_ids) as beats,
+    ):
         try:
             while True:
                 beats.check()
