@@ -20,7 +20,6 @@ the fork server, which ends with the driver: a killed driver leaves no worker tr
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import importlib
 import multiprocessing
@@ -45,6 +44,7 @@ from tuner.execution.resources import (
     CANCEL_GRACE_SECONDS,
     WORKER_RETRIES,
     cpus_per_worker,
+    dies_with,
     gpus_per_worker,
     torch_threads,
     usable_cpus,
@@ -55,8 +55,6 @@ if TYPE_CHECKING:  # the command imports this module first, to warm up: nothing 
 
 #: What the fork server imports before it forks the first worker: the worker loop.
 PRELOAD = ["tuner.execution.worker"]
-#: prctl's option number for "signal me when my parent dies" (linux/prctl.h).
-_PR_SET_PDEATHSIG = 1
 #: GPU shares are counted in ten-thousandths, as Ray counts them, so that fractions add up.
 _GPU_UNITS = 10_000
 
@@ -341,11 +339,8 @@ def _die_with_parent() -> None:
     if server._forkserver_alive_fd is not None:
         os.close(server._forkserver_alive_fd)
     server._forkserver_alive_fd = server._forkserver_address = server._forkserver_pid = None
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the server ended before the request took effect
-        os._exit(1)
+    if sys.platform.startswith("linux") and not dies_with(os.getppid(), signal.SIGKILL):
+        os._exit(1)  # the server ended before the request took effect
 
 
 def _worker_main(

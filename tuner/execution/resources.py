@@ -5,7 +5,9 @@ Standard library only: the command imports it before anything heavy (tuner.execu
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
 WORKER_RETRIES = 3
 #: Seconds stopped workers get to record their trials as interrupted before they are killed.
 CANCEL_GRACE_SECONDS = 5.0
+#: prctl's option number for "signal me when my parent dies" (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 
 
 def usable_cpus() -> int:
@@ -43,3 +47,11 @@ def gpus_per_worker(requested: float | str, workers: int, gpus: float) -> float:
     if requested != "auto":
         return float(requested)
     return min(1.0, gpus / workers) if gpus else 0.0
+
+
+def dies_with(parent: int, sig: signal.Signals) -> bool:
+    """Ask Linux for `sig` when this process's parent (`parent`) dies, so that a worker or a
+    trial does not outlive what started it; False if the parent has died already (before the
+    request took effect)."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, sig)
+    return os.getppid() == parent

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import gc
 import importlib
 import io
@@ -61,8 +60,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import IO, NoReturn
 
-#: prctl's option number for "signal me when my parent dies" (linux/prctl.h).
-PR_SET_PDEATHSIG = 1
+from tuner.execution.resources import dies_with
+
 #: Seconds a trial's group gets between SIGTERM and SIGKILL.
 GRACE_SECONDS = 5
 #: How the worker starts the server (not ``-m``, which would load this module twice in it:
@@ -174,7 +173,7 @@ def main(argv: list[str]) -> int:
     worker, fd = int(argv[0]), int(argv[1])
     server = _Server(Connection(fd), python="--python" in argv, learn="--learn" in argv)
     signal.signal(signal.SIGTERM, server.worker_died)
-    if not _dies_with(worker, signal.SIGTERM):
+    if not dies_with(worker, signal.SIGTERM):
         return 0  # the worker died before the request took effect
     # Torch's import starts a thread of its own (its BLAS pool, which pthread_atfork resets in
     # the child); the server runs no Python thread (see _Server.learn). Python 3.12 warns at
@@ -184,12 +183,6 @@ def main(argv: list[str]) -> int:
         server.prepare(None)
     server.serve()
     return 0
-
-
-def _dies_with(parent: int, sig: signal.Signals) -> bool:
-    """Ask for `sig` when this process's parent dies; False if it already has."""
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, sig)
-    return os.getppid() == parent
 
 
 class _Server:
@@ -310,7 +303,7 @@ def _child(launch: Launch, server: _Server, modules: IO[bytes]) -> NoReturn:
     status = 1
     try:
         os.setsid()
-        if not _dies_with(server.pid, signal.SIGKILL):
+        if not dies_with(server.pid, signal.SIGKILL):
             os._exit(1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         server.channel.close()
