@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tuner.spec import ExecutionSpec, StudySpec
+
+if TYPE_CHECKING:
+    from tuner.execution.worker import WorkerSummary
 
 #: Where Ray reads a cluster address from; a run joins only the cluster it is given.
 RAY_ADDRESS_VARIABLE = "RAY_ADDRESS"
@@ -67,7 +70,7 @@ def run_workers(
     run_id: str,
     timeout: float | None,
     on_tick: Callable[[], None],
-) -> list[Any]:
+) -> list[WorkerSummary]:
     """Run the spec's workers to the end of its budget on its backend (see `uses_ray`)."""
     if uses_ray(spec.execution):
         from tuner.execution.ray import run_on_ray

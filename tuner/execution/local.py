@@ -51,6 +51,7 @@ from tuner.execution.resources import (
 )
 
 if TYPE_CHECKING:  # the command imports this module first, to warm up: nothing heavy here
+    from tuner.execution.worker import WorkerSummary
     from tuner.spec import ExecutionSpec, StudySpec
 
 #: What the fork server imports before it forks the first worker: the worker loop.
@@ -199,7 +200,7 @@ def run_locally(
     timeout: float | None,
     on_tick: Callable[[], None],
     tick_seconds: float = 0.5,
-) -> list[Any]:
+) -> list[WorkerSummary]:
     """Run the spec's workers as local processes until all have finished; call `on_tick`
     while waiting. `timeout` (seconds) counts from the run's first trial (see run_worker).
 
