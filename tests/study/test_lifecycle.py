@@ -247,6 +247,27 @@ def test_creating_or_resuming_a_study_reads_no_other_study(
         optuna.delete_study(study_name=f"{study_name}-neighbour", storage=storage)
 
 
+def test_a_claimed_trial_is_not_read_again_to_build_its_optuna_trial(
+    storage_url: str, study_name: str, make_spec: MakeSpec
+) -> None:
+    """The claim knows its trial from its own transaction; the optuna.Trial built for it
+    (which reads its trial at once) is given that answer: a claim is one transaction."""
+    storage = open_storage(storage_url)
+    spec = make_spec(name=study_name, budget={"trials": 3})
+    studies.create_or_resume(spec, storage)
+    study = studies.load(spec, storage)
+    transactions: list[object] = []
+    count = transactions.append  # one object: event.remove finds a listener by identity
+    sqlalchemy.event.listen(storage.engine, "commit", count)
+    try:
+        trial = studies.claim_trial(study, spec)
+    finally:
+        sqlalchemy.event.remove(storage.engine, "commit", count)
+    assert trial is not None and trial.number == 0
+    assert len(transactions) == 1
+    assert trial.datetime_start is not None and trial.user_attrs == {}
+
+
 def test_a_neighbouring_study_deleted_meanwhile_does_not_stop_a_resume(
     storage_url: str, study_name: str, make_spec: MakeSpec
 ) -> None:

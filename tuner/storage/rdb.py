@@ -10,6 +10,7 @@ call while the database is unreachable, and knows since when it has been.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -352,6 +353,7 @@ class RetryingRDBStorage(FastRDBStorage):
         self._contact_lock = threading.Lock()
         self._in_contact_since: float | None = time.monotonic()
         self._unreachable_since: tuple[float, datetime] | None = None  # monotonic, wall clock
+        self._just_claimed: FrozenTrial | None = None  # see get_trial
 
     def _with_retries(self, call: Callable[[], _Result], name: str) -> _Result:
         """`call()`, again with backoff while the database is unreachable, up to the window."""
@@ -494,7 +496,19 @@ class RetryingRDBStorage(FastRDBStorage):
                 self, study_id, budget, system_attrs, token, user_attrs
             )
 
-        return self._with_retries(attempt, "claim_trial")
+        claimed = self._with_retries(attempt, "claim_trial")
+        self._just_claimed = copy.deepcopy(claimed)
+        return claimed
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        """FastRDBStorage.get_trial, retried; but the first read of the trial this storage has
+        just claimed is the claim's own answer, read in the claim's transaction: the trial is
+        RUNNING and its claimer's, so nothing has changed it, and the optuna.Trial built for
+        it reads it at once (one query a trial that Optuna's ask() does not make)."""
+        claimed, self._just_claimed = self._just_claimed, None
+        if claimed is not None and claimed._trial_id == trial_id:
+            return claimed
+        return self._get_trial(trial_id)
 
     # Every other call that reaches the database, retried: Optuna's public storage methods,
     # ours, and the calls Optuna's trial cache makes by their private names (their public
@@ -523,7 +537,7 @@ class RetryingRDBStorage(FastRDBStorage):
     get_trial_id_from_study_id_trial_number = _retried(
         FastRDBStorage.get_trial_id_from_study_id_trial_number
     )
-    get_trial = _retried(FastRDBStorage.get_trial)
+    _get_trial = _retried(FastRDBStorage.get_trial)
     get_all_trials = _retried(FastRDBStorage.get_all_trials)
     get_best_trial = _retried(FastRDBStorage.get_best_trial)
     record_heartbeat = _retried(FastRDBStorage.record_heartbeat)
