@@ -32,7 +32,13 @@ def probe_spec(make_spec: Callable[..., StudySpec], url: str, **options: str) ->
         workload={"name": "tests.workloads.factories:process_probe", "options": options},
         search={"optimizers": ["sgd"], "weight_decay": "off"},
         budget={"trials": 4, "epochs": 1},
-        execution={"workers": 2, "storage": url, "heartbeat_seconds": 1, "grace_seconds": 3},
+        execution={
+            "workers": 2,
+            "storage": url,
+            "heartbeat_seconds": 1,
+            "grace_seconds": 3,
+            "backend": "local",  # also where an earlier test left Ray running in this process
+        },
     )
 
 
@@ -111,7 +117,7 @@ def test_a_worker_that_keeps_dying_ends_the_run_in_one_error_and_no_trial_runnin
         workload={"name": "tests.workloads.factories:self_killing"},
         search={"optimizers": ["sgd"], "weight_decay": "off"},
         budget={"trials": 20, "epochs": 1},
-        execution={"workers": 1, "storage": sqlite_url},
+        execution={"workers": 1, "storage": sqlite_url, "backend": "local"},
     )
     with pytest.raises(ExecutionError) as raised:
         tuner.run(spec)

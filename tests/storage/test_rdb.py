@@ -26,6 +26,7 @@ from tuner.storage.rdb import (
     default_storage_path,
     mask_url,
     open_storage,
+    rdb_backend,
     resolve_storage_url,
 )
 from tuner.study import lifecycle as studies
@@ -350,3 +351,38 @@ def test_a_worker_waits_out_a_refused_first_connection(
     assert opened, "the worker's storage did not open once a connection was free"
     optuna.create_study(study_name="after-the-refusal", storage=opened[0])
     assert optuna.get_all_study_names(opened[0]) == ["after-the-refusal"]
+
+
+def test_attributes_given_with_tell_land_in_tells_transaction(
+    storage_url: str, study_name: str
+) -> None:
+    """A finished trial's attributes and its state in one commit; and none of them where the
+    tell is refused (the trial was finished elsewhere meanwhile)."""
+    storage = open_storage(storage_url)
+    study = optuna.create_study(study_name=study_name, storage=storage)
+    backend = rdb_backend(internals.study_storage(study))
+    commits: list[object] = []
+    count = commits.append  # one object: event.remove finds a listener by identity
+    trial = study.ask()
+    trial_id = internals.trial_id(trial)
+    sqlalchemy.event.listen(backend.engine, "commit", count)
+    try:
+        with backend.attrs_with_tell(trial_id, {"curve": [1.0]}, {"tuner:x": 2}):
+            internals.tell(study, trial, 0.5, TrialState.COMPLETE)
+    finally:
+        sqlalchemy.event.remove(backend.engine, "commit", count)
+    told = backend.get_trial(trial_id)
+    assert told.state == TrialState.COMPLETE and told.value == 0.5
+    assert told.user_attrs["curve"] == [1.0] and told.system_attrs["tuner:x"] == 2
+    writes = len(commits)
+
+    late = study.ask()
+    study.tell(late, 1.0)  # finished elsewhere first
+    with (
+        pytest.raises(optuna.exceptions.UpdateFinishedTrialError),
+        backend.attrs_with_tell(internals.trial_id(late), {"curve": [9.0]}, {}),
+    ):
+        internals.tell(study, late, 2.0, TrialState.COMPLETE)
+    assert "curve" not in backend.get_trial(internals.trial_id(late)).user_attrs
+    # The tell read the trial (a transaction of its own) and wrote it with its attributes.
+    assert writes == 2

@@ -454,17 +454,18 @@ def _finish(
         attributes[DIVERGED_ATTR] = reason
     elif reason:
         attributes["fail_reason"] = reason
-    # Before tell: a finished trial takes no more attributes.
+    # With tell (in its transaction): a finished trial takes no more attributes.
     system = recorder.record(trial, state, record.curve, slot.training_seconds, _title(slot))
     diverged = DIVERGED_ATTR in attributes
     if state is not TrialState.FAIL:  # GP wants the constraint on every trial it reads
         system = {**system, internals.constraint_attr("diverged"): 1.0 if diverged else 0.0}
     if slot.checkpoints is not None:
         slot.checkpoints.before_tell(state, diverged)
+    backend = rdb_backend(trial.storage)
     try:
-        rdb_backend(trial.storage).set_trial_attrs(internals.trial_id(trial), attributes, system)
-        # A pruned trial keeps its last reported value, as in study.optimize().
-        internals.tell(study, trial, value if state is TrialState.COMPLETE else None, state)
+        with backend.attrs_with_tell(internals.trial_id(trial), attributes, system):
+            # A pruned trial keeps its last reported value, as in study.optimize().
+            internals.tell(study, trial, value if state is TrialState.COMPLETE else None, state)
         if slot.checkpoints is not None:
             slot.checkpoints.after_tell(study, state, diverged)
     except optuna.exceptions.UpdateFinishedTrialError:

@@ -101,8 +101,21 @@ def is_constraint_attr(key: str) -> bool:
 
 def tell(study: optuna.Study, trial: optuna.Trial, value: float | None, state: TrialState) -> None:
     """``study.tell`` as Optuna's own ``study.optimize`` tells a trial: without reading the
-    finished trial back for a copy that the worker would not use (a read and a transaction)."""
-    _tell_with_warning(study=study, trial=trial, value_or_values=value, state=state)
+    finished trial back for a copy that the worker would not use (a read and a transaction).
+
+    Raises:
+        optuna.exceptions.UpdateFinishedTrialError: another process finished the trial first
+            (failed it as stale), whether Optuna found it so when it read the trial (it
+            raises a ValueError then) or when it wrote.
+    """
+    try:
+        _tell_with_warning(study=study, trial=trial, value_or_values=value, state=state)
+    except ValueError:
+        if study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise optuna.exceptions.UpdateFinishedTrialError(
+                f"trial {trial.number} was finished by another process"
+            ) from None
+        raise
 
 
 def record_heartbeat_in(session: sqlalchemy.orm.Session, trial_id: int) -> None:

@@ -10,6 +10,7 @@ call while the database is unreachable, and knows since when it has been.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -19,7 +20,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -354,6 +355,7 @@ class RetryingRDBStorage(FastRDBStorage):
         self._in_contact_since: float | None = time.monotonic()
         self._unreachable_since: tuple[float, datetime] | None = None  # monotonic, wall clock
         self._just_claimed: FrozenTrial | None = None  # see get_trial
+        self._attrs_for_tell: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def _with_retries(self, call: Callable[[], _Result], name: str) -> _Result:
         """`call()`, again with backoff while the database is unreachable, up to the window."""
@@ -500,6 +502,39 @@ class RetryingRDBStorage(FastRDBStorage):
         self._just_claimed = copy.deepcopy(claimed)
         return claimed
 
+    @contextlib.contextmanager
+    def attrs_with_tell(
+        self, trial_id: int, user_attrs: dict[str, Any], system_attrs: dict[str, Any]
+    ) -> Iterator[None]:
+        """Inside the block, the trial's next state change (the tell in it) writes these
+        attributes in its own transaction: a finished trial's attributes and state land
+        together, in one commit instead of two. If the block ends without one (the tell
+        refused: the trial was finished elsewhere), they are dropped, as a finished trial
+        would have refused them."""
+        self._attrs_for_tell[trial_id] = (user_attrs, system_attrs)
+        try:
+            yield
+        finally:
+            self._attrs_for_tell.pop(trial_id, None)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        """Optuna's, retried, with the attributes `attrs_with_tell` holds for the trial in
+        the same transaction: Optuna's own session is this thread's scoped session, which the
+        attributes are written in first, so its commit is theirs too."""
+        attributes = self._attrs_for_tell.pop(trial_id, None)
+
+        def attempt() -> bool:
+            if attributes is None:
+                return FastRDBStorage.set_trial_state_values(self, trial_id, state, values)
+            with internals.session(self) as session:
+                self._set_attrs_in(session, False, trial_id, attributes[0])
+                self._set_attrs_in(session, True, trial_id, attributes[1])
+                return FastRDBStorage.set_trial_state_values(self, trial_id, state, values)
+
+        return self._with_retries(attempt, "set_trial_state_values")
+
     def get_trial(self, trial_id: int) -> FrozenTrial:
         """FastRDBStorage.get_trial, retried; but the first read of the trial this storage has
         just claimed is the claim's own answer, read in the claim's transaction: the trial is
@@ -527,7 +562,6 @@ class RetryingRDBStorage(FastRDBStorage):
     create_new_trial = _retried(FastRDBStorage.create_new_trial)
     set_trial_param = _retried(FastRDBStorage.set_trial_param)
     get_trial_param = _retried(FastRDBStorage.get_trial_param)
-    set_trial_state_values = _retried(FastRDBStorage.set_trial_state_values)
     set_trial_intermediate_value = _retried(FastRDBStorage.set_trial_intermediate_value)
     set_trial_user_attr = _retried(FastRDBStorage.set_trial_user_attr)
     set_trial_attrs = _retried(FastRDBStorage.set_trial_attrs)
