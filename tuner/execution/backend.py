@@ -40,8 +40,9 @@ def warm_up(execution: ExecutionSpec) -> None:
 
 def prepare(execution: ExecutionSpec, say: Callable[[str], None] = print) -> None:
     """Before anything is written: attach to the cluster or start a local Ray and check it
-    can hold the workers; or start the local fork server (tuner.execution.local.warm_up).
-    A ``RAY_ADDRESS`` in the environment names no cluster for a run: `say` notes it once.
+    can hold the workers; or check that this machine can (the fork server is already up:
+    `warm_up`). A ``RAY_ADDRESS`` in the environment names no cluster for a run: `say` notes
+    it once.
 
     Raises:
         ClusterUnreachableError: the cluster address does not answer.
@@ -61,7 +62,6 @@ def prepare(execution: ExecutionSpec, say: Callable[[str], None] = print) -> Non
         from tuner.execution import local
 
         local.check_resources(execution, local.machine_gpus())
-        local.warm_up()
 
 
 def run_workers(

@@ -127,10 +127,7 @@ def device_names(gpus: list[int]) -> str:
     process sees: where the driver itself was given some (``CUDA_VISIBLE_DEVICES=2,3``),
     GPU 0 is the first of those."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    names = (
-        visible.split(",") if visible else [str(gpu) for gpu in range(max(gpus, default=-1) + 1)]
-    )
-    return ",".join(names[gpu] for gpu in gpus)
+    return ",".join(visible.split(",")[gpu] if visible else str(gpu) for gpu in gpus)
 
 
 class GpuShares:
@@ -213,9 +210,8 @@ def run_locally(
             retry window (any TunerError of a worker is raised as itself).
     """
     execution = spec.execution
-    gpus = machine_gpus()
-    check_resources(execution, gpus)
-    warm_up()
+    gpus = machine_gpus()  # checked against the spec before the study was written (prepare)
+    warm_up()  # a server that has died since is started again
     shares = GpuShares(gpus, gpus_per_worker(execution.gpus_per_trial, execution.workers, gpus))
     threads = torch_threads(cpus_per_worker(execution, usable_cpus()))
     handed = {
