@@ -42,3 +42,20 @@ def spec_data(*layers: Mapping[str, Any], **sections: Any) -> dict[str, Any]:
 def build_spec(*layers: Mapping[str, Any], **sections: Any) -> StudySpec:
     """A validated `StudySpec` from `spec_data` (same arguments)."""
     return parse_spec(spec_data(*layers, **sections))
+
+
+def probe_spec(
+    url: str, trials: int, options: Mapping[str, Any] | None = None, **execution: Any
+) -> StudySpec:
+    """A study of `tests.workloads.factories:process_probe`, whose metrics say how its
+    worker process runs: one SGD step a trial, on the storage at `url`, with the
+    ``[execution]`` keys given."""
+    return build_spec(
+        name="probe",
+        metric="loss",
+        direction="minimize",
+        workload={"name": "tests.workloads.factories:process_probe", "options": options or {}},
+        search={"optimizers": ["sgd"], "weight_decay": "off"},
+        budget={"trials": trials, "epochs": 1},
+        execution={"storage": url, **execution},
+    )

@@ -15,6 +15,7 @@ import optuna
 import pytest
 
 from tuner.cli import main
+from tuner.execution.resources import usable_cpus
 from tuner.storage.rdb import default_storage_path
 
 ROOT = Path(__file__).parent.parent
@@ -511,6 +512,32 @@ def test_gpus_the_machine_lacks_exit_2_before_any_write(tmp_path: Path) -> None:
         "tuner: error: [execution] gpus_per_trial = 2, but this machine has 0 GPUs: set 0 "
         "(CPU only) or 'auto'"
     )
+    assert not default_storage_path().exists()  # a refusal writes nothing, not even the file
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            ["--set", "execution.cpus_per_trial=4096"],
+            f"[execution] cpus_per_trial = 4096, but this machine has {usable_cpus()} CPUs: set "
+            f"at most {usable_cpus()}",
+        ),
+        (
+            ["--set", "execution.backend='local'", "--ray-address", "127.0.0.1:1"],
+            "backend 'local' runs on this machine only: leave ray_address out, or set backend "
+            "= 'ray' to run on that cluster",
+        ),
+    ],
+    ids=["more-cpus-than-the-machine", "local-with-a-cluster"],
+)
+def test_local_workers_the_machine_cannot_hold_exit_2_before_any_write(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    done = _tuner("run", str(QUICKSTART), *arguments, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    (last,) = done.stderr.strip().splitlines()[-1:]
+    assert last.startswith("tuner: error: ") and message in last, last
     assert not default_storage_path().exists()  # a refusal writes nothing, not even the file
 
 

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 import tuner
 from tests.processes import alive, worker_processes
+from tests.specs import probe_spec
 from tests.test_faults import QUICKSTART, assert_finished_with_retries, running_by, wait_for
 from tuner.errors import ExecutionError
 from tuner.execution.local import GpuShares, device_names
@@ -24,27 +25,17 @@ from tuner.spec import StudySpec
 from tuner.storage.rdb import INTERRUPTED_KEY, open_storage
 
 
-def probe_spec(make_spec: Callable[..., StudySpec], url: str, **options: str) -> StudySpec:
-    return make_spec(
-        name="probe",
-        metric="loss",
-        direction="minimize",
-        workload={"name": "tests.workloads.factories:process_probe", "options": options},
-        search={"optimizers": ["sgd"], "weight_decay": "off"},
-        budget={"trials": 4, "epochs": 1},
-        execution={
-            "workers": 2,
-            "storage": url,
-            "heartbeat_seconds": 1,
-            "grace_seconds": 3,
-            "backend": "local",  # also where an earlier test left Ray running in this process
-        },
+def local_probe(url: str, **options: str) -> StudySpec:
+    """Four probe trials on two local workers (named: an earlier test may have left Ray
+    running in this process), quick to notice a dead one."""
+    return probe_spec(
+        url, 4, options, workers=2, heartbeat_seconds=1, grace_seconds=3, backend="local"
     )
 
 
 @pytest.mark.workers
 def test_local_workers_spend_the_budget_in_the_drivers_environment(
-    sqlite_url: str, make_spec: Callable[..., StudySpec], monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each worker trains with its share of the CPUs at the driver's niceness, in a process
     group of its own, seeing no GPU (none is asked for), and in the environment the driver
@@ -54,7 +45,7 @@ def test_local_workers_spend_the_budget_in_the_drivers_environment(
     warm_up()  # the server starts before the variable is set, as in `tuner run`
     monkeypatch.setenv("TUNER_PROBE", "7")
     ticks: list[int] = []
-    tuner.run(probe_spec(make_spec, sqlite_url), on_tick=lambda: ticks.append(1))
+    tuner.run(local_probe(sqlite_url), on_tick=lambda: ticks.append(1))
     trials = optuna.load_study(study_name="probe", storage=sqlite_url).trials
     assert len(trials) == 4 and ticks
     assert {trial.user_attrs["worker"].rsplit("-", 1)[-1] for trial in trials} <= {"0", "1"}
@@ -93,12 +84,12 @@ def test_tuner_run_forks_its_workers_from_the_driver(sqlite_url: str, tmp_path: 
 
 @pytest.mark.workers
 def test_a_killed_local_worker_is_started_again_and_its_trial_retried(
-    sqlite_url: str, make_spec: Callable[..., StudySpec], tmp_path: Path
+    sqlite_url: str, tmp_path: Path
 ) -> None:
     """A worker SIGKILLed mid-trial (as by the out-of-memory killer) is started again, as Ray
     retries its task, and its trial is retried with the same parameters."""
     marker = tmp_path / "killed"
-    spec = probe_spec(make_spec, sqlite_url, kill_once=str(marker))
+    spec = local_probe(sqlite_url, kill_once=str(marker))
     tuner.run(spec)
     assert marker.exists()
     trials = optuna.load_study(study_name="probe", storage=sqlite_url).trials

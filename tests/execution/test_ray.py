@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 import tuner
 from tests.processes import descendants, process_name
+from tests.specs import probe_spec
 from tuner.runner import with_overrides
 from tuner.spec import StudySpec
 from tuner.storage.rdb import INTERRUPTED_KEY, open_storage
@@ -47,9 +48,7 @@ def test_run_spends_the_budget_with_ray_workers(
     assert ticks, "the progress callback was never called"
 
 
-def test_a_worker_uses_the_cpus_it_holds_at_niceness_0(
-    local_ray: None, sqlite_url: str, make_spec: Callable[..., StudySpec]
-) -> None:
+def test_a_worker_uses_the_cpus_it_holds_at_niceness_0(local_ray: None, sqlite_url: str) -> None:
     """One worker on this machine trains with a thread per CPU it may use (none left idle),
     and Ray's default niceness (15) is not applied to it."""
     import ray
@@ -57,15 +56,7 @@ def test_a_worker_uses_the_cpus_it_holds_at_niceness_0(
     from tuner.execution.resources import usable_cpus
 
     ray.shutdown()  # the shared instance was started without tuner's settings
-    spec = make_spec(
-        name="probe",
-        metric="loss",
-        direction="minimize",
-        workload={"name": "tests.workloads.factories:process_probe"},
-        search={"optimizers": ["sgd"], "weight_decay": "off"},
-        budget={"trials": 1, "epochs": 1},
-        execution={"workers": 1, "storage": sqlite_url, "backend": "ray"},
-    )
+    spec = probe_spec(sqlite_url, 1, workers=1, backend="ray")
     try:
         tuner.run(spec)
     finally:
